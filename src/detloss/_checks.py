@@ -22,7 +22,9 @@ def check_tensor(name: str, x: object, shape: Sequence[int | str | None], *, flo
         raise ValueError(f"{name} must be a floating-point tensor of shape {expected}, got dtype {x.dtype}")
 
 
-def check_same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, *, dims: Sequence[int] | None = None) -> None:
+def check_same(
+    name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, *, dims: Sequence[int] | None = None
+) -> None:
     """Raise ``ValueError`` unless ``a`` and ``b`` share device and the listed dims (all dims if ``None``)."""
     if a.device != b.device:
         raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}; put both on one device")
@@ -32,11 +34,24 @@ def check_same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, *, di
         return
     for d in dims:
         if a.shape[d] != b.shape[d]:
-            raise ValueError(
-                f"{name_b} must match {name_a} in dim {d} (size {a.shape[d]}), got shape {tuple(b.shape)}"
-            )
+            raise ValueError(f"{name_b} must match {name_a} in dim {d} (size {a.shape[d]}), got shape {tuple(b.shape)}")
 
 
 def as_float32(x: torch.Tensor) -> torch.Tensor:
     """Losses compute in float32 even under autocast; float64 is kept (gradcheck)."""
     return x if x.dtype == torch.float64 else x.float()
+
+
+def check_trailing(name: str, x: object, trailing: Sequence[int | str | None] = (), *, floating: bool = False) -> None:
+    """Raise ``ValueError`` unless ``x`` is a tensor whose last dims match ``trailing``, any leading dims.
+
+    ``trailing=()`` accepts any shape (including 0-d); ``trailing=(4,)`` accepts ``(..., 4)``.
+    """
+    expected = "(" + ", ".join(["..."] + ["?" if s is None else str(s) for s in trailing]) + ")"
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape {expected}, got {type(x).__name__}")
+    k = len(trailing)
+    if x.dim() < k or any(isinstance(s, int) and x.shape[x.dim() - k + i] != s for i, s in enumerate(trailing)):
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+    if floating and not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor of shape {expected}, got dtype {x.dtype}")
