@@ -84,16 +84,20 @@ def make_term(
 class LossReport(Mapping[str, Term]):
     """Terms in a fixed order, their ``total`` and a flat dict for loggers.
 
+    ``total = scale * sum(term values)``; ``scale`` is 1 except in compatibility presets (the
+    ultralytics preset multiplies by the batch size, as ``v8DetectionLoss`` does).
+
     Example:
         >>> report = LossReport({"box": box_term, "cls": cls_term})   # doctest: +SKIP
         >>> report.total.backward()                                    # doctest: +SKIP
         >>> logger.log(report.as_dict())                               # doctest: +SKIP
     """
 
-    def __init__(self, terms: Mapping[str, Term]) -> None:
+    def __init__(self, terms: Mapping[str, Term], scale: float = 1.0) -> None:
         if not terms:
             raise ValueError("a LossReport needs at least one term")
         self._terms = dict(terms)
+        self.scale = scale
 
     def __getitem__(self, key: str) -> Term:
         return self._terms[key]
@@ -106,8 +110,8 @@ class LossReport(Mapping[str, Term]):
 
     @property
     def total(self) -> Tensor:
-        """Sum of the term values: what ``backward()`` is called on."""
-        return torch.stack([t.value for t in self._terms.values()]).sum()
+        """``scale *`` the sum of the term values: what ``backward()`` is called on."""
+        return torch.stack([t.value for t in self._terms.values()]).sum() * self.scale
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         """Flat ``{name: value, name/raw_sum: ..., ..., total: ...}`` with one host sync."""

@@ -1,0 +1,360 @@
+"""YOLO-style dense one-stage criterion: task-aligned assignment, box/cls/DFL terms, optional
+background penalty and polygon branch, every normalizer and weight a named option."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from detloss._checks import check_tensor
+from detloss.assign.anchors import bbox2dist, dist2bbox, make_anchors
+from detloss.assign.task_aligned import TaskAlignedAssigner, ultralytics_min_candidate_size
+from detloss.criteria.targets import pad_targets
+from detloss.functional import classification as cls_losses
+from detloss.functional.background import focal_background, max_score_penalty
+from detloss.functional.dfl import distribution_focal
+from detloss.functional.iou import iou_loss
+from detloss.functional.polygon import mgiou_loss
+from detloss.functional.regression import l1, mse
+from detloss.normalize import build_normalizers, denominators
+from detloss.report import LossReport, make_term
+from detloss.schedule import WarmupSchedule
+
+CLS_LOSSES = {
+    "bce": cls_losses.bce_with_logits,
+    "focal": cls_losses.sigmoid_focal,
+    "varifocal": cls_losses.varifocal,
+    "quality_focal": cls_losses.quality_focal,
+}
+BOX_LOSSES = ("iou", "giou", "diou", "ciou")
+POLYGON_LOSSES = ("mgiou", "mgiou+", "l1", "l2")
+BACKGROUND_PENALTIES = ("max", "focal")
+
+#: Defaults: YOLOv8's gains and its positive-mass normalizer for box, cls and dfl (so the gains
+#: people have tuned keep their meaning), but no ``* batch_size`` on the total, and counts reduced
+#: across ranks. ``bg`` is the mean over background anchors, as report 004 defines it.
+DEFAULT_WEIGHTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "poly": 7.5, "bg": 1.0}
+DEFAULT_NORMALIZERS = {
+    "box": "target_sum",
+    "cls": "target_sum",
+    "dfl": "target_sum",
+    "poly": "target_sum",
+    "bg": "mean",
+}
+
+
+@dataclass(frozen=True)
+class BackgroundPenalty:
+    """Report 004's penalty on anchors with no positive class, as the ``bg`` term.
+
+    Attributes:
+        kind: ``"max"`` (``max_c sigmoid``) or ``"focal"`` (focal loss against the zero target).
+        schedule: ``lambda_bg`` per epoch; ``None`` keeps the ``bg`` weight fixed.
+        gamma: focal exponent for ``kind="focal"``.
+        logit_clamp: optional logit bound before the sigmoid (zero gradient beyond it).
+    """
+
+    kind: str = "max"
+    schedule: WarmupSchedule | None = None
+    gamma: float = 2.0
+    logit_clamp: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in BACKGROUND_PENALTIES:
+            raise ValueError(f"background penalty kind must be one of {BACKGROUND_PENALTIES}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class DenseTargets:
+    """What the criterion trains towards; ``P`` = positive anchors, in ``nonzero(fg)`` order.
+
+    Attributes:
+        fg: ``(B, A)`` bool positives.
+        scores: ``(B, A, C)`` soft classification targets (zero rows: background).
+        weight: ``(P,)`` soft-target mass of each positive (weights box, dfl and poly elements).
+        points: ``(P, 2)`` anchor points in grid units of their own level.
+        strides: ``(P,)`` stride of each positive's level.
+        boxes: ``(P, 4)`` assigned GT boxes, ``xyxy`` in that stride's units.
+        image, gt_index: ``(P,)`` image of each positive and the slot of its GT in that image's
+            targets (in ``batch_idx`` order).
+        polygons: ``(P, K, 2)`` assigned GT polygons in stride units, or ``None``.
+        polygon_valid: ``(P, K)`` their valid vertices, or ``None``.
+    """
+
+    fg: Tensor
+    scores: Tensor
+    weight: Tensor
+    points: Tensor
+    strides: Tensor
+    boxes: Tensor
+    image: Tensor
+    gt_index: Tensor
+    polygons: Tensor | None = None
+    polygon_valid: Tensor | None = None
+
+
+class DenseCriterion(nn.Module):
+    """Loss of an anchor-free dense detector head (YOLOv8 layout), returning a :class:`LossReport`.
+
+    Args:
+        num_classes: C.
+        strides: pixels per cell of each level.
+        reg_max: DFL bins per side (``1``: the head predicts ``ltrb`` directly, trained by L1).
+        preset: ``None`` or ``"ultralytics"`` (bit-compatible with ultralytics 8.x ``v8DetectionLoss``:
+            its gains, ``topk=10, alpha=0.5, beta=6``, small GTs enlarged to the second stride for
+            candidate selection, and ``total = (box + cls + dfl) * batch_size``). Explicit arguments
+            still override the preset.
+        weights: term gains, e.g. ``{"box": 7.5, "cls": 0.5, "dfl": 1.5}``; see :data:`DEFAULT_WEIGHTS`.
+        normalizers: term -> normalizer name (any of :data:`detloss.normalize.NORMALIZERS`).
+        cls_loss: ``"bce"``, ``"focal"``, ``"varifocal"`` or ``"quality_focal"``; ``cls_loss_args`` its kwargs.
+        class_weights: optional ``(C,)`` per-class weights of the classification elements.
+        box_loss: ``"ciou"``, ``"diou"``, ``"giou"`` or ``"iou"``.
+        topk, alpha, beta, min_candidate_size: task-aligned assigner settings.
+        background: a :class:`BackgroundPenalty` to add a ``bg`` term.
+        num_vertices: K > 0 adds a polygon branch: ``2K`` channels after the class channels, vertex
+            offsets from the anchor point in stride units, and a ``poly`` term.
+        polygon_loss: ``"mgiou"``, ``"mgiou+"`` (with convexity regularizer), ``"l1"`` or ``"l2"``.
+        image_size: ``(h, w)`` in pixels; default: first level's size times its stride.
+
+    Shapes:
+        ``feats``: list of ``(B, 4 * reg_max + C [+ 2K], H_l, W_l)``.
+        ``targets``: ``batch_idx (N,)``, ``cls (N,)``, ``bboxes (N, 4)`` normalized ``cx, cy, w, h``;
+        with polygons also ``polygons (N, K, 2)`` normalized and ``polygon_valid (N, K)`` or
+        ``polygon_counts (N,)``.
+
+    Example:
+        >>> crit = DenseCriterion(num_classes=3, strides=(8, 16), reg_max=4)
+        >>> feats = [torch.randn(2, 4 * 4 + 3, 8, 8), torch.randn(2, 4 * 4 + 3, 4, 4)]
+        >>> t = {"batch_idx": torch.tensor([0]), "cls": torch.tensor([1]),
+        ...      "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])}
+        >>> report = crit(feats, t)
+        >>> list(report)
+        ['box', 'cls', 'dfl']
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        strides: Sequence[int] = (8, 16, 32),
+        reg_max: int = 16,
+        *,
+        preset: str | None = None,
+        weights: Mapping[str, float] | None = None,
+        normalizers: Mapping[str, str] | None = None,
+        cls_loss: str = "bce",
+        cls_loss_args: Mapping[str, float] | None = None,
+        class_weights: Sequence[float] | Tensor | None = None,
+        box_loss: str = "ciou",
+        topk: int = 10,
+        alpha: float = 0.5,
+        beta: float = 6.0,
+        min_candidate_size: float | tuple[float, float] | None = None,
+        background: BackgroundPenalty | None = None,
+        num_vertices: int = 0,
+        polygon_loss: str = "mgiou",
+        convexity_weight: float = 0.1,
+        image_size: tuple[int, int] | None = None,
+        max_assign_pairs: int | None = None,
+    ) -> None:
+        super().__init__()
+        if preset not in (None, "ultralytics"):
+            raise ValueError(f"preset must be None or 'ultralytics', got {preset!r}")
+        if cls_loss not in CLS_LOSSES:
+            raise ValueError(f"cls_loss must be one of {tuple(CLS_LOSSES)}, got {cls_loss!r}")
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
+        if polygon_loss not in POLYGON_LOSSES:
+            raise ValueError(f"polygon_loss must be one of {POLYGON_LOSSES}, got {polygon_loss!r}")
+        if num_classes < 1 or reg_max < 1 or num_vertices < 0:
+            raise ValueError("num_classes and reg_max must be >= 1 and num_vertices >= 0")
+        if preset == "ultralytics" and min_candidate_size is None:
+            min_candidate_size = ultralytics_min_candidate_size(strides)
+        self.num_classes = num_classes
+        self.strides = tuple(float(s) for s in strides)
+        self.reg_max = reg_max
+        self.preset = preset
+        self.cls_loss = cls_loss
+        self.cls_loss_args = dict(cls_loss_args or {})
+        self.box_loss = box_loss
+        self.background = background
+        self.num_vertices = num_vertices
+        self.polygon_loss = polygon_loss
+        self.convexity_weight = convexity_weight
+        self.image_size = image_size
+        self.assigner = TaskAlignedAssigner(
+            num_classes, topk=topk, alpha=alpha, beta=beta, min_candidate_size=min_candidate_size,
+            max_pairs=max_assign_pairs,
+        )  # fmt: skip
+
+        self.terms = ["box", "cls", "dfl"] + (["poly"] if num_vertices else []) + (["bg"] if background else [])
+        self.weights = {t: DEFAULT_WEIGHTS[t] for t in self.terms}
+        self.weights.update(self._known("weights", weights or {}))
+        specs = {t: DEFAULT_NORMALIZERS[t] for t in self.terms}
+        specs.update(self._known("normalizers", normalizers or {}))
+        self.normalizers = build_normalizers(specs)
+        cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        if cw is not None and cw.shape != (num_classes,):
+            raise ValueError(f"class_weights must have shape ({num_classes},), got {tuple(cw.shape)}")
+        self.register_buffer("class_weights", cw)
+        self.register_buffer("bins", torch.arange(reg_max, dtype=torch.float32), persistent=False)
+
+    def _known(self, what: str, given: Mapping[str, object]) -> Mapping[str, object]:
+        unknown = set(given) - set(self.terms)
+        if unknown:
+            raise ValueError(f"{what} has unknown terms {sorted(unknown)}; this criterion's terms are {self.terms}")
+        return given
+
+    @property
+    def num_channels(self) -> int:
+        """Channels each level of ``feats`` must have."""
+        return 4 * self.reg_max + self.num_classes + 2 * self.num_vertices
+
+    def set_epoch(self, epoch: float) -> None:
+        """Update scheduled weights (the background penalty's ``lambda_bg``); the trainer calls this."""
+        if self.background is not None and self.background.schedule is not None:
+            self.weights["bg"] = self.background.schedule.value(epoch)
+
+    def forward(self, feats: Sequence[Tensor], targets: Mapping[str, Tensor]) -> LossReport:
+        box_logits, cls_logits, poly_raw, sizes = self._split(feats)
+        t = self._assign(box_logits, cls_logits, sizes, targets)
+        fg = t.fg
+        denom = denominators(self.normalizers, self._counts(t, cls_logits), device=cls_logits.device)
+
+        pos_logits = box_logits[fg]  # (P, 4 * reg_max)
+        pos_ltrb = self._decode(pos_logits)
+        terms = {}
+        box_el = iou_loss(dist2bbox(pos_ltrb, t.points), t.boxes, kind=self.box_loss)
+        terms["box"] = self._term("box", box_el, denom, t.weight, fg, box_logits)
+        terms["cls"] = self._term("cls", self._cls_elements(cls_logits, t.scores), denom, None, fg, cls_logits)
+        target_ltrb = bbox2dist(t.points, t.boxes)
+        if self.reg_max > 1:
+            dfl_el = distribution_focal(pos_logits.reshape(-1, self.reg_max), target_ltrb.reshape(-1)).view(-1, 4)
+        else:
+            dfl_el = l1(pos_ltrb, target_ltrb)
+        terms["dfl"] = self._term("dfl", dfl_el.mean(-1), denom, t.weight, fg, box_logits)
+        if self.num_vertices:
+            pred_poly = t.points[:, None, :] + poly_raw[fg].float().view(-1, self.num_vertices, 2)
+            poly_el = self._polygon_elements(pred_poly, t.polygons, t.polygon_valid)
+            terms["poly"] = self._term("poly", poly_el, denom, t.weight, fg, poly_raw)
+        if self.background is not None:
+            terms["bg"] = self._term("bg", self._background_elements(cls_logits[~fg]), denom, None, fg, cls_logits)
+        return LossReport(terms, scale=cls_logits.shape[0] if self.preset == "ultralytics" else 1)
+
+    def assign(self, feats: Sequence[Tensor], targets: Mapping[str, Tensor]) -> DenseTargets:
+        """The targets this criterion trains ``feats`` towards (for inspection, plots and tests)."""
+        box_logits, cls_logits, _, sizes = self._split(feats)
+        return self._assign(box_logits, cls_logits, sizes, targets)
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def _split(self, feats: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None, list[tuple[int, int]]]:
+        if not isinstance(feats, Sequence) or len(feats) != len(self.strides):
+            raise ValueError(f"feats must be a list of {len(self.strides)} tensors (one per stride {self.strides})")
+        b = feats[0].shape[0] if isinstance(feats[0], Tensor) and feats[0].dim() == 4 else None
+        for i, f in enumerate(feats):
+            check_tensor(f"feats[{i}]", f, (b, self.num_channels, "H", "W"), floating=True)
+        sizes = [(f.shape[2], f.shape[3]) for f in feats]
+        flat = torch.cat([f.flatten(2) for f in feats], 2).transpose(1, 2)  # (B, A, channels)
+        r4, c = 4 * self.reg_max, self.num_classes
+        poly = flat[..., r4 + c :] if self.num_vertices else None
+        return flat[..., :r4], flat[..., r4 : r4 + c], poly, sizes
+
+    def _decode(self, box_logits: Tensor) -> Tensor:
+        """``(..., 4 * reg_max)`` logits -> ``(..., 4)`` expected ltrb distances in grid units."""
+        if self.reg_max == 1:
+            return box_logits.float()
+        probs = box_logits.float().unflatten(-1, (4, self.reg_max)).softmax(-1)
+        return probs @ self.bins
+
+    def _assign(
+        self, box_logits: Tensor, cls_logits: Tensor, sizes: list[tuple[int, int]], targets: Mapping[str, Tensor]
+    ) -> DenseTargets:
+        b, device = cls_logits.shape[0], cls_logits.device
+        points, strides = make_anchors(sizes, self.strides, device=device)
+        grid = points / strides[:, None]  # anchor points in grid units (ultralytics' anchor_points)
+        hw = self.image_size or (sizes[0][0] * self.strides[0], sizes[0][1] * self.strides[0])
+        gt = pad_targets(targets, b, hw, device)
+        if self.num_vertices and gt.polygons is None:
+            raise ValueError("this criterion has a polygon branch: targets must contain 'polygons' (N, K, 2)")
+        # The assigner sees detached predictions. Decoding every anchor is needed only here, so it runs
+        # without autograd; the loss decodes the positives again, with gradient.
+        with torch.no_grad():
+            pred_px = dist2bbox(self._decode(box_logits), grid) * strides[:, None]
+            probs = cls_logits.detach().float().sigmoid()
+            assigned = self.assigner(probs, pred_px, points, gt.labels, gt.boxes, gt.mask & _nonzero(gt.boxes))
+        fg = assigned.fg_mask
+        image, anchor = torch.nonzero(fg, as_tuple=True)
+        pos_strides = strides[anchor]
+        gt_index = assigned.gt_index[fg]
+        polygons = polygon_valid = None
+        if self.num_vertices:
+            polygons = gt.polygons[image, gt_index] / pos_strides[:, None, None]
+            polygon_valid = gt.polygon_valid[image, gt_index]
+        return DenseTargets(
+            fg=fg,
+            scores=assigned.scores,
+            weight=assigned.scores.sum(-1)[fg],
+            points=grid[anchor],
+            strides=pos_strides,
+            boxes=assigned.boxes[fg] / pos_strides[:, None],
+            image=image,
+            gt_index=gt_index,
+            polygons=polygons,
+            polygon_valid=polygon_valid,
+        )
+
+    def _counts(self, t: DenseTargets, cls_logits: Tensor) -> dict[str, dict[str, Tensor | float]]:
+        b, a, c = cls_logits.shape
+        num_pos = t.fg.sum()
+        shared = {
+            "num_pos": num_pos,
+            "target_sum": t.scores.sum(),
+            "batch_size": float(b),
+            "images_with_fg": t.fg.any(1).sum(),
+            "num_cells": float(a),
+        }
+        counts: dict[str, dict[str, Tensor | float]] = {"*": shared, "cls": {"num_elements": float(b * a * c)}}
+        for term in ("box", "dfl", "poly"):
+            counts[term] = {"num_elements": num_pos}
+        counts["bg"] = {"num_elements": b * a - num_pos}
+        return counts
+
+    def _term(self, name: str, elements: Tensor, denom: dict, weights: Tensor | None, fg: Tensor, anchor: Tensor):
+        return make_term(
+            name,
+            elements,
+            denom[name],
+            self.normalizers[name].spec,
+            weights=weights,
+            weight=self.weights[name],
+            num_pos=fg.sum(),
+            anchor=anchor,
+        )
+
+    def _cls_elements(self, logits: Tensor, target_scores: Tensor) -> Tensor:
+        el = CLS_LOSSES[self.cls_loss](logits, target_scores, **self.cls_loss_args)
+        return el if self.class_weights is None else el * self.class_weights
+
+    def _background_elements(self, bg_logits: Tensor) -> Tensor:
+        p = self.background
+        if p.kind == "max":
+            return max_score_penalty(bg_logits, logit_clamp=p.logit_clamp)
+        return focal_background(bg_logits, gamma=p.gamma, logit_clamp=p.logit_clamp)
+
+    def _polygon_elements(self, pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        """``(P, K, 2)`` predicted and target vertices in stride units -> ``(P,)``. The prediction uses
+        as many vertices as its target has (its first ones); the rest get no gradient."""
+        if self.polygon_loss in ("mgiou", "mgiou+"):
+            convexity = self.convexity_weight if self.polygon_loss == "mgiou+" else 0.0
+            return mgiou_loss(pred, target, pred_valid=valid, target_valid=valid, convexity_weight=convexity)
+        el = (l1 if self.polygon_loss == "l1" else mse)(pred, target).sum(-1)  # (P, K)
+        v = valid.float()
+        return (el * v).sum(-1) / v.sum(-1).clamp_min(1.0)  # valid vertices only; clamp: a vertex count
+
+
+def _nonzero(boxes: Tensor) -> Tensor:
+    """ultralytics counts a GT slot as real only if its xyxy sums to more than 0."""
+    return boxes.sum(-1) > 0

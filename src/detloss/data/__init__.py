@@ -1,0 +1,1 @@
+"""Data: synthetic batches for demos, tests and benchmarks."""
