@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +38,7 @@ class Term:
 
 def make_term(
     name: str,
-    elements: Tensor,
+    elements: Tensor | Sequence[Tensor],
     normalizer: Tensor,
     normalizer_name: str,
     *,
@@ -46,29 +46,38 @@ def make_term(
     weight: float | Tensor = 1.0,
     num_pos: Tensor | float | None = None,
     anchor: Tensor | None = None,
+    num_elements: int | None = None,
 ) -> Term:
     """The one reduction every loss shares: ``weight * sum(weights * elements) / normalizer``.
 
     Args:
         name: term name (used by the non-finite check).
-        elements: per-element losses, any shape, possibly empty.
+        elements: per-element losses, any shape, possibly empty; or a list of pieces whose weighted
+            sums add up to the term (e.g. a dense part and a sparse correction on positives).
         normalizer: 0-dim ``D`` (from :func:`detloss.normalize.denominators`).
         normalizer_name: the normalizer's name, recorded in the report.
-        weights: per-element weights broadcastable to ``elements`` (soft targets, masks, class weights).
+        weights: per-element weights broadcastable to ``elements`` (soft targets, masks, class weights);
+            with pieces, it applies to the first piece.
         weight: the term's gain.
         num_pos: positives behind this term (recorded only).
+        num_elements: the element count to record, when pieces overlap (default: all their elements).
         anchor: the prediction tensor the term is computed from. When ``elements`` is empty the
             value becomes ``anchor.sum() * 0``, so it stays attached to the graph and backward gives
             zero gradients; with the non-finite check on, the term's own gradient with respect to
             ``anchor`` (else ``elements``) is checked too.
     """
-    weighted = elements if weights is None else elements * weights
-    raw = weighted.sum()
-    if anchor is not None and elements.numel() == 0:
+    pieces = [elements] if isinstance(elements, Tensor) else list(elements)
+    if weights is not None:
+        pieces[0] = pieces[0] * weights
+    raw = pieces[0].sum()
+    for piece in pieces[1:]:
+        raw = raw + piece.sum()
+    count = sum(p.numel() for p in pieces) if num_elements is None else num_elements
+    if anchor is not None and count == 0:
         raw = raw + anchor.sum() * 0
     value = raw * weight / normalizer
     if debug_nan_enabled():
-        watch(name, value, anchor if anchor is not None else elements)
+        watch(name, value, anchor if anchor is not None else pieces[0])
     device = value.device
     return Term(
         value=value,
@@ -76,7 +85,7 @@ def make_term(
         normalizer=normalizer.detach(),
         normalizer_name=normalizer_name,
         weight=weight,
-        num_elements=torch.tensor(float(elements.numel()), device=device),
+        num_elements=torch.tensor(float(count), device=device),
         num_pos=torch.as_tensor(0.0 if num_pos is None else num_pos, dtype=torch.float32, device=device),
     )
 

@@ -90,3 +90,13 @@ def test_debug_nan_reads_the_environment(monkeypatch):
         make_term("box", torch.tensor([math.inf]), torch.tensor(1.0), "sum")
     monkeypatch.setenv("DETLOSS_DEBUG_NAN", "0")
     assert math.isinf(make_term("box", torch.tensor([math.inf]), torch.tensor(1.0), "sum").value.item())
+
+
+def test_pieces_add_up_and_record_the_given_element_count():
+    dense = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    sparse = -dense[0, :1] * 0.5  # a correction on one element
+    term = make_term("cls", [dense, sparse], torch.tensor(2.0), "target_sum", weight=3.0, num_elements=4)
+    assert term.value.item() == pytest.approx(3.0 * (10.0 - 0.5) / 2.0)
+    assert term.num_elements.item() == 4
+    term.value.backward()
+    assert dense.grad.flatten().tolist() == pytest.approx([1.5 * 0.5, 1.5, 1.5, 1.5])
