@@ -1,11 +1,12 @@
-"""``detloss``: print a criterion's loss report on a synthetic batch, with each term's gradient norm.
+"""``detloss``: train, compare runs, or inspect a criterion's report.
 
-Try one choice at a time and see what it does to the numbers, e.g.::
+    detloss train [--config run.yaml] [key.sub=value ...]   # train on the built-in shapes by default
+    detloss compare RUN_A RUN_B                             # overlay two runs: figure and table
+    detloss report [--preset ultralytics] [--normalizer cls=mean] [--polygons 8] [--bg max]
+    detloss                                                 # same as `detloss report`
 
-    detloss                                   # defaults
-    detloss --preset ultralytics              # the numbers ultralytics 8.x gives
-    detloss --normalizer cls=mean             # report 000's "fix"
-    detloss --polygons 8 --bg                 # polygon branch and background penalty
+``report`` prints a criterion's loss report on a synthetic batch with each term's gradient norm,
+so one choice at a time can be tried and measured.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ def _pairs(items: Sequence[str], kind: type, what: str) -> dict:
     return out
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="detloss", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def report_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="images per batch (default 4)")
     p.add_argument("--classes", type=int, default=80, help="number of classes (default 80)")
     p.add_argument("--image-size", type=int, default=640, help="square image side in pixels (default 640)")
@@ -46,6 +46,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--polygon-loss", choices=POLYGON_LOSSES, default="mgiou")
     p.add_argument("--bg", choices=["max", "focal"], default=None, help="add a background penalty term")
     p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="detloss", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command")
+    report_parser(sub.add_parser("report", help="a criterion's report on a synthetic batch"))
+    train = sub.add_parser("train", help="train the small detector (torchrun for several processes)")
+    train.add_argument("--config", default=None, help="YAML file (default: the built-in shapes run)")
+    train.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. RUN/last.pt)")
+    train.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. optim.lr=0.01 loss.weights.cls=1")
+    compare = sub.add_parser("compare", help="overlay two runs")
+    compare.add_argument("runs", nargs=2, metavar="RUN")
+    compare.add_argument("--out", default=None, help="folder for the figure (default: the first run)")
     return p
 
 
@@ -74,13 +88,8 @@ def demo(args: argparse.Namespace) -> tuple[LossReport, dict[str, float]]:
     return report, norms
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        report, norms = demo(args)
-    except ValueError as err:
-        print(f"detloss: {err}", file=sys.stderr)
-        return 2
+def print_report(args: argparse.Namespace) -> int:
+    report, norms = demo(args)
     print(
         f"DenseCriterion on a synthetic batch: {args.batch} images of {args.image_size} px, "
         f"{args.classes} classes, {args.objects} objects per image" + (f", preset={args.preset}" if args.preset else "")
@@ -93,6 +102,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report.scale != 1:
         print(f"\ntotal = {report.scale} x sum of terms (the preset's batch-size factor)")
     return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from detloss.train.config import load_config
+    from detloss.train.trainer import Trainer
+
+    config = load_config(args.config, args.overrides)
+    trainer = Trainer(config, resume=args.resume)
+    metrics = trainer.fit()
+    if trainer.dist.is_main:
+        print(f"\nrun folder: {trainer.out}")
+        print(metrics_table(metrics))
+    return 0
+
+
+def metrics_table(metrics: dict[str, float]) -> str:
+    rows = [f"{'metric':<20} {'value':>10}"]
+    rows += [f"{k:<20} {v:>10.4f}" for k, v in metrics.items()]
+    return "\n".join(rows)
+
+
+def compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from detloss.train.plots import compare_runs
+
+    run_a, run_b = (Path(r) for r in args.runs)
+    figure, table = compare_runs(run_a, run_b, Path(args.out) if args.out else run_a)
+    print(table)
+    print(f"\nfigure: {figure}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["report", *argv]
+    args = parser().parse_args(argv)
+    commands = {"report": print_report, "train": train, "compare": compare}
+    try:
+        return commands[args.command](args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"detloss: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -291,8 +291,11 @@ class DenseCriterion(nn.Module):
         grid = points / strides[:, None]  # anchor points in grid units (ultralytics' anchor_points)
         hw = self.image_size or (sizes[0][0] * self.strides[0], sizes[0][1] * self.strides[0])
         gt = pad_targets(targets, b, hw, device)
-        if self.num_vertices and gt.polygons is None:
-            raise ValueError("this criterion has a polygon branch: targets must contain 'polygons' (N, K, 2)")
+        if self.num_vertices and (gt.polygons is None or gt.polygons.shape[2] != self.num_vertices):
+            raise ValueError(
+                f"this criterion predicts {self.num_vertices} vertices: targets must contain "
+                f"'polygons' of shape (N, {self.num_vertices}, 2)"
+            )
         # The assigner sees detached predictions. Decoding every anchor is needed only here, so it runs
         # without autograd; the loss decodes the positives again, with gradient.
         with torch.no_grad():

@@ -1,0 +1,106 @@
+"""Decode the raw outputs of a dense (anchor-free, DFL) head into per-image detections.
+
+The channel layout is exactly the one :class:`detloss.DenseCriterion` trains: per level
+``(B, 4 * reg_max + C [+ 2K], H, W)`` with
+
+* ``4 * reg_max`` DFL box logits, side-major (channel ``side * reg_max + bin``, sides ``l, t, r, b``),
+  whose softmax expectation over ``arange(reg_max)`` is the distance from the anchor point in stride
+  units (``reg_max == 1``: the channels are the distances themselves);
+* ``C`` class logits;
+* ``2K`` polygon vertex offsets ``x0, y0, x1, y1, ...`` from the anchor point, in stride units.
+
+Post-processing follows ultralytics' ``non_max_suppression`` in single-label mode: one label per anchor
+(its best class), kept when that class's sigmoid score is ``> conf``, at most ``max_nms`` candidates
+by score, class-aware NMS, at most ``max_det`` per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from detloss._checks import check_tensor
+from detloss.assign.anchors import dist2bbox, make_anchors
+from detloss.evaluate.nms import batched_nms
+
+__all__ = ["decode_dense"]
+
+
+@torch.no_grad()
+def decode_dense(
+    feats: Sequence[torch.Tensor],
+    strides: Sequence[int | float],
+    num_classes: int,
+    reg_max: int,
+    num_vertices: int = 0,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 300,
+    *,
+    max_nms: int = 30000,
+) -> list[dict[str, torch.Tensor]]:
+    """Per-image detections from the per-level outputs of a dense head.
+
+    Args:
+        feats: one ``(B, 4 * reg_max + num_classes + 2 * num_vertices, H_l, W_l)`` tensor per level.
+        strides: pixels per cell of each level, e.g. ``(8, 16, 32)``.
+        num_classes: ``C``.
+        reg_max: DFL bins per side (``1``: direct ``ltrb`` distances).
+        num_vertices: ``K`` polygon vertices (0: no polygon branch).
+        conf: keep anchors whose best class score is ``> conf``.
+        iou: NMS IoU threshold (class-aware).
+        max_det: detections kept per image, best first.
+        max_nms: candidates entering NMS per image, best first.
+
+    Returns:
+        One dict per image: ``boxes (N, 4)`` ``xyxy`` pixels, ``scores (N,)`` (sigmoid of the best class
+        logit), ``labels (N,)`` int64, and with ``num_vertices > 0`` ``polygons (N, K, 2)`` pixels; sorted
+        by decreasing score. Computed in float32 without gradient.
+
+    Example:
+        >>> feats = [torch.full((1, 4 * 2 + 3, 2, 2), -10.0)]
+        >>> feats[0][0, 8 + 1, 0, 1] = 5.0  # class 1 at cell (y=0, x=1); DFL logits all equal -> 0.5
+        >>> det = decode_dense(feats, strides=(8,), num_classes=3, reg_max=2)[0]
+        >>> det["boxes"], det["labels"]
+        (tensor([[ 8.,  0., 16.,  8.]]), tensor([1]))
+    """
+    if not isinstance(feats, Sequence) or len(feats) == 0:
+        raise ValueError("feats must be a non-empty list of (B, 4 * reg_max + C [+ 2K], H, W) tensors")
+    if not isinstance(strides, Sequence) or len(strides) != len(feats):
+        raise ValueError(f"strides must have one entry per level of feats ({len(feats)}), got {strides!r}")
+    if num_classes < 1 or reg_max < 1 or num_vertices < 0:
+        raise ValueError("num_classes and reg_max must be >= 1 and num_vertices >= 0")
+    channels = 4 * reg_max + num_classes + 2 * num_vertices
+    b = feats[0].shape[0] if isinstance(feats[0], torch.Tensor) and feats[0].dim() == 4 else None
+    for i, f in enumerate(feats):
+        check_tensor(f"feats[{i}]", f, (b, channels, "H", "W"), floating=True)
+    device = feats[0].device
+    sizes = [(f.shape[2], f.shape[3]) for f in feats]
+    groups = [f.float().flatten(2).split((4 * reg_max, num_classes, 2 * num_vertices), 1) for f in feats]
+    box_raw, cls_logits, poly_raw = (torch.cat(parts, 2) for parts in zip(*groups, strict=True))
+    points, anchor_strides = make_anchors(sizes, strides, device=device)  # (A, 2), (A,)
+
+    if reg_max == 1:
+        ltrb = box_raw.transpose(1, 2)  # (B, A, 4)
+    else:
+        probs = box_raw.unflatten(1, (4, reg_max)).softmax(2)  # (B, 4, R, A)
+        ltrb = torch.einsum("bsra,r->bas", probs, torch.arange(reg_max, device=device, dtype=probs.dtype))
+    boxes = dist2bbox(ltrb * anchor_strides[:, None], points)  # (B, A, 4) pixels
+    scores, labels = cls_logits.sigmoid().max(1)  # (B, A)
+    polygons = None
+    if num_vertices:
+        offsets = poly_raw.transpose(1, 2).unflatten(-1, (num_vertices, 2))  # (B, A, K, 2)
+        polygons = points[:, None, :] + offsets * anchor_strides[:, None, None]
+
+    out = []
+    for i in range(boxes.shape[0]):
+        cand = (scores[i] > conf).nonzero().squeeze(1)
+        if cand.numel() > max_nms:
+            cand = cand[scores[i, cand].topk(max_nms).indices]
+        keep = cand[batched_nms(boxes[i, cand], scores[i, cand], labels[i, cand], iou)[:max_det]]
+        det = {"boxes": boxes[i, keep], "scores": scores[i, keep], "labels": labels[i, keep]}
+        if polygons is not None:
+            det["polygons"] = polygons[i, keep]
+        out.append(det)
+    return out

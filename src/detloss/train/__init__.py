@@ -1,0 +1,1 @@
+"""Training harness: config, trainer, checkpoints, logs, plots."""

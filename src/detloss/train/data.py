@@ -1,0 +1,80 @@
+"""Datasets for the trainer, and per-sample augmentation that depends only on (seed, epoch, index)."""
+
+from __future__ import annotations
+
+import torch
+
+from detloss.data.transforms import hflip, letterbox
+from detloss.train.config import DataConfig
+
+
+def build_datasets(cfg: DataConfig, num_vertices: int):
+    """``(train, val, num_classes)`` for ``cfg.kind``; YOLO/COCO samples are letterboxed to ``image_size``."""
+    if cfg.kind == "shapes":
+        from detloss.data.shapes import ShapesDataset
+
+        k = num_vertices if num_vertices >= 3 else 8
+        train = ShapesDataset(cfg.train_images, cfg.image_size, cfg.max_objects, k, seed=cfg.seed, split="train")
+        val = ShapesDataset(cfg.val_images, cfg.image_size, cfg.max_objects, k, seed=cfg.seed, split="val")
+        return _Cached(train), _Cached(val), cfg.num_classes or train.num_classes
+    if cfg.root is None:
+        raise ValueError(f"data.root is required for data.kind={cfg.kind!r}")
+    if cfg.kind == "yolo":
+        from detloss.data.yolo import YoloDataset
+
+        train = YoloDataset(cfg.root, "train", num_vertices=num_vertices if num_vertices >= 3 else 8)
+        val = YoloDataset(cfg.root, "val", num_vertices=num_vertices if num_vertices >= 3 else 8)
+    else:
+        from detloss.data.coco import CocoDataset
+
+        if cfg.train_annotations is None or cfg.val_annotations is None:
+            raise ValueError("data.train_annotations and data.val_annotations are required for data.kind='coco'")
+        train = CocoDataset(cfg.root, cfg.train_annotations, num_vertices=num_vertices if num_vertices >= 3 else 8)
+        val = CocoDataset(cfg.root, cfg.val_annotations, num_vertices=num_vertices if num_vertices >= 3 else 8)
+    num_classes = cfg.num_classes or getattr(train, "num_classes", None)
+    if num_classes is None:
+        raise ValueError("set data.num_classes: it cannot be inferred from this dataset")
+    return _Letterboxed(train, cfg.image_size), _Letterboxed(val, cfg.image_size), num_classes
+
+
+class _Cached:
+    """Generated samples kept in memory (images as uint8: 4x smaller), so later epochs skip generation."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.items: dict[int, dict] = {}
+        self.num_classes = getattr(dataset, "num_classes", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        if i not in self.items:
+            sample = dict(self.dataset[i])
+            sample["image"] = (sample["image"] * 255).round().to(torch.uint8)
+            self.items[i] = sample
+        sample = dict(self.items[i])
+        sample["image"] = sample["image"].float() / 255
+        return sample
+
+
+class _Letterboxed:
+    def __init__(self, dataset, size: int) -> None:
+        self.dataset, self.size = dataset, size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return letterbox(self.dataset[i], self.size)
+
+
+def load_sample(dataset, index: int, epoch: int, seed: int, hflip_p: float) -> dict:
+    """``dataset[index]``, flipped with probability ``hflip_p`` by a draw seeded from (seed, epoch, index):
+    identical on every rank and after a resume."""
+    sample = dataset[index]
+    if hflip_p > 0:
+        g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
+        if torch.rand((), generator=g).item() < hflip_p:
+            sample = hflip(sample)
+    return sample

@@ -1,0 +1,54 @@
+"""Validation: decode, NMS, COCO-style AP for boxes and polygons, detections per image."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from detloss.data.collate import collate
+from detloss.evaluate import box_map, decode_dense, polygon_map
+from detloss.train.config import TrainConfig
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, num_classes: int, conf: float = 0.001):
+    """Per-image prediction dicts in pixels (see :func:`detloss.evaluate.decode_dense`)."""
+    model.eval()
+    feats = model(images)
+    return decode_dense(
+        [f.float() for f in feats],
+        model.strides,
+        num_classes,
+        cfg.loss.reg_max,
+        num_vertices=cfg.loss.num_vertices,
+        conf=conf,
+        iou=cfg.eval.nms_iou,
+        max_det=cfg.eval.max_det,
+    )
+
+
+def ground_truth(sample: dict) -> dict:
+    return {
+        "boxes": sample["boxes"],
+        "labels": sample["labels"],
+        "polygons": sample["polygons"],
+        "polygon_counts": sample["polygon_counts"],
+    }
+
+
+def evaluate(model: nn.Module, dataset, cfg: TrainConfig, num_classes: int, device: torch.device) -> dict[str, float]:
+    """Box AP (and polygon AP with a polygon head), precision/recall and detections per image."""
+    preds, gts = [], []
+    batch = cfg.batch_size
+    for start in range(0, len(dataset), batch):
+        samples = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
+        images, _ = collate(samples)
+        out = predict(model, images.to(device), cfg, num_classes)
+        preds += [{k: v.cpu() for k, v in p.items()} for p in out]
+        gts += [ground_truth(s) for s in samples]
+    boxes = box_map(preds, gts, conf=cfg.eval.conf)
+    metrics = {k: float(v) for k, v in boxes.items() if not isinstance(v, dict)}
+    if cfg.loss.num_vertices:
+        polys = polygon_map(preds, gts, conf=cfg.eval.conf)
+        metrics.update({f"poly_{k}": float(v) for k, v in polys.items() if not isinstance(v, dict)})
+    return metrics

@@ -1,0 +1,129 @@
+"""PNG plots of a run (matplotlib, the ``plot`` extra): terms, normalizers, AP, predictions; run comparison."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from detloss.train.logs import read_csv
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("plots need matplotlib: pip install 'detloss[plot]'") from err
+    return plt
+
+
+def _series(rows: list[dict[str, float]], prefix: str, suffix: str = "") -> dict[str, list[float]]:
+    keys = [
+        k
+        for k in rows[0]
+        if k.startswith(prefix) and k.endswith(suffix) and k.count("/") == prefix.count("/") + suffix.count("/")
+    ]
+    return {k[len(prefix) : len(k) - len(suffix) or None]: [r[k] for r in rows] for k in keys}
+
+
+def plot_losses(run: Path) -> Path:
+    """Per-epoch term values, per-step normalizer values, and validation AP: ``run/curves.png``."""
+    plt = _pyplot()
+    epochs = read_csv(run / "epochs.csv")
+    steps = read_csv(run / "steps.csv")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    x = [r["epoch"] for r in epochs]
+    for name, values in _series(epochs, "train/").items():
+        if name != "total":
+            axes[0].plot(x, values, marker="o", label=name)
+    axes[0].set(title="loss terms (epoch mean)", xlabel="epoch", yscale="log")
+    s = [r["step"] for r in steps]
+    for name, values in _series(steps, "", "/normalizer").items():
+        axes[1].plot(s, values, label=name)
+    axes[1].set(title="normalizer D per step", xlabel="step", yscale="log")
+    for key in ("val/map50", "val/map", "val/poly_map50", "val/poly_map"):
+        if key in epochs[0]:
+            axes[2].plot(x, [r[key] for r in epochs], marker="o", label=key[4:])
+    axes[2].set(title="validation AP", xlabel="epoch", ylim=(0, 1))
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = run / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_predictions(run: Path, images: torch.Tensor, preds: list[dict], conf: float, names=None) -> Path:
+    """A grid of validation images with predicted boxes and polygons above ``conf``: ``run/predictions.png``."""
+    plt = _pyplot()
+    n = images.shape[0]
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, image, pred in zip(axes.flat, images, preds, strict=False):
+        ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+        keep = pred["scores"] >= conf
+        for j in torch.nonzero(keep).flatten().tolist():
+            x1, y1, x2, y2 = pred["boxes"][j].tolist()
+            c = colors(int(pred["labels"][j]) % 10)
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=c, lw=1))
+            if "polygons" in pred:
+                poly = pred["polygons"][j]
+                ax.add_patch(plt.Polygon(poly.numpy(), closed=True, fill=False, color=c, lw=1.5, ls="--"))
+            label = names[int(pred["labels"][j])] if names else str(int(pred["labels"][j]))
+            ax.text(x1, y1, f"{label} {float(pred['scores'][j]):.2f}", color=c, fontsize=6)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    path = run / "predictions.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run: Path, trainer) -> None:
+    """All plots of a finished run."""
+    from detloss.data.collate import collate
+    from detloss.train.evaluation import predict
+
+    plot_losses(run)
+    model = trainer.ema.module if trainer.ema is not None else trainer.model
+    samples = [trainer.val_set[i] for i in range(min(8, len(trainer.val_set)))]
+    images, _ = collate(samples)
+    preds = predict(model, images.to(trainer.dist.device), trainer.cfg, trainer.num_classes)
+    plot_predictions(run, images, [{k: v.cpu() for k, v in p.items()} for p in preds], trainer.cfg.eval.conf)
+
+
+def compare_runs(run_a: Path, run_b: Path, out: Path) -> tuple[Path, str]:
+    """Overlay two runs' epoch curves in one figure and return a table of their last epochs."""
+    plt = _pyplot()
+    a, b = read_csv(run_a / "epochs.csv"), read_csv(run_b / "epochs.csv")
+    keys = [k for k in a[0] if k in b[0] and (k.startswith("val/") or (k.startswith("train/") and k.count("/") == 1))]
+    plot_keys = [k for k in keys if k.startswith("train/") or k in ("val/map50", "val/map", "val/poly_map50")]
+    cols = min(4, len(plot_keys))
+    rows = math.ceil(len(plot_keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, plot_keys, strict=False):
+        for rows_, name in ((a, run_a.name), (b, run_b.name)):
+            ax.plot([r["epoch"] for r in rows_], [r[key] for r in rows_], marker="o", label=name)
+        ax.set(title=key, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(plot_keys) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"compare_{run_a.name}_vs_{run_b.name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    width = max(len(k) for k in keys)
+    lines = [f"{'metric':<{width}} {run_a.name[:14]:>14} {run_b.name[:14]:>14}"]
+    lines += [f"{k:<{width}} {a[-1][k]:>14.5g} {b[-1][k]:>14.5g}" for k in keys]
+    return path, "\n".join(lines)

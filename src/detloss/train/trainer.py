@@ -1,0 +1,252 @@
+"""The training loop: data, model, criterion, optimizer, EMA, logs, checkpoints, evaluation."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from detloss.criteria.dense import BackgroundPenalty, DenseCriterion
+from detloss.data.collate import collate
+from detloss.models import TinyDetector
+from detloss.report import LossReport
+from detloss.schedule import WarmupSchedule
+from detloss.train.config import LossConfig, OptimConfig, TrainConfig, save_config
+from detloss.train.data import build_datasets, load_sample
+from detloss.train.distributed import DistContext, setup
+from detloss.train.ema import ModelEMA
+from detloss.train.evaluation import evaluate
+from detloss.train.logs import CsvLog, Progress, TensorBoard
+
+
+def build_criterion(cfg: LossConfig, num_classes: int, strides: tuple[int, ...]) -> DenseCriterion:
+    background = None
+    if cfg.background is not None:
+        b = cfg.background
+        schedule = WarmupSchedule(b.max_value, b.burn_in, b.warmup, b.mode)
+        background = BackgroundPenalty(b.kind, schedule=schedule, gamma=b.gamma, logit_clamp=b.logit_clamp)
+    return DenseCriterion(
+        num_classes,
+        strides,
+        cfg.reg_max,
+        preset=cfg.preset,
+        weights=cfg.weights,
+        normalizers=cfg.normalizers,
+        cls_loss=cfg.cls_loss,
+        cls_loss_args=cfg.cls_loss_args,
+        class_weights=cfg.class_weights,
+        box_loss=cfg.box_loss,
+        topk=cfg.topk,
+        alpha=cfg.alpha,
+        beta=cfg.beta,
+        background=background,
+        num_vertices=cfg.num_vertices,
+        polygon_loss=cfg.polygon_loss,
+        convexity_weight=cfg.convexity_weight,
+    )
+
+
+def build_optimizer(model: TinyDetector, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Groups: decayed conv/linear weights, undecayed norms and biases, and the polygon head (own lr)."""
+    poly = {id(p) for p in model.head_parameters("poly")}
+    groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "poly": []}
+    for p in model.parameters():
+        if id(p) in poly and cfg.polygon_lr is not None:
+            groups["poly"].append(p)
+        else:
+            groups["decay" if p.dim() > 1 else "no_decay"].append(p)
+    param_groups = [
+        {"params": groups["decay"], "weight_decay": cfg.weight_decay, "name": "decay"},
+        {"params": groups["no_decay"], "weight_decay": 0.0, "name": "no_decay"},
+    ]
+    if groups["poly"]:
+        param_groups.append({"params": groups["poly"], "lr": cfg.polygon_lr, "weight_decay": 0.0, "name": "poly"})
+    if cfg.name == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Linear warm-up, then cosine (or constant) down to ``final_lr_fraction``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant" or total <= cfg.warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / (total - cfg.warmup_steps))
+    return cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Train a :class:`TinyDetector` with :class:`DenseCriterion` as ``config`` says.
+
+    Under ``torchrun`` each rank takes its slice of every global batch of ``batch_size`` images; the
+    criterion's normalizers are reduced across ranks, so the step equals one process on the whole batch.
+    """
+
+    def __init__(self, config: TrainConfig, resume: str | Path | None = None) -> None:
+        self.cfg = config
+        self.dist: DistContext = setup(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {config.batch_size} must divide by the {self.dist.world_size} ranks")
+        torch.manual_seed(config.seed)
+        self.train_set, self.val_set, self.num_classes = build_datasets(config.data, config.loss.num_vertices)
+        device = self.dist.device
+        self.model = TinyDetector(self.num_classes, config.loss.reg_max, config.loss.num_vertices, config.model.width)
+        self.model.to(device)
+        self.criterion = build_criterion(config.loss, self.num_classes, TinyDetector.strides).to(device)
+        self.runner: nn.Module = self.model
+        if self.dist.world_size > 1:
+            self.runner = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.base_lrs = [g.get("lr", config.optim.lr) for g in self.optimizer.param_groups]
+        self.ema = ModelEMA(self.model, config.optim.ema_decay) if config.optim.ema_decay else None
+        self.steps_per_epoch = len(self.train_set) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"data.train_images ({len(self.train_set)}) must be at least batch_size ({config.batch_size})"
+            )
+        self.total_steps = config.epochs * self.steps_per_epoch
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.step = 0
+        self.amp = config.optim.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.out = Path(config.out_dir)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.out / "config.yaml")
+        self.dist.barrier()
+        if resume is not None:
+            self.load(resume)
+
+    # -- data --------------------------------------------------------------------------------
+
+    def _order(self, epoch: int) -> Tensor:
+        return torch.randperm(
+            len(self.train_set), generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+        )
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        """This rank's slice of each global batch of ``epoch``, from batch ``start`` on."""
+        order, b, k = self._order(epoch), self.cfg.batch_size, self.dist.world_size
+        per_rank = b // k
+        for i in range(start, self.steps_per_epoch):
+            ids = order[i * b : (i + 1) * b][self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
+            samples = [load_sample(self.train_set, int(j), epoch, self.cfg.seed, self.cfg.data.hflip) for j in ids]
+            images, targets = collate(samples)
+            yield (
+                images.to(self.dist.device),
+                {key: v.to(self.dist.device) for key, v in targets.items() if torch.is_tensor(v)},
+            )
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def train_step(self, images: Tensor, targets: dict[str, Tensor]) -> LossReport:
+        self.model.train()
+        factor = lr_factor(self.step, self.total_steps, self.cfg.optim)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+        self.criterion.set_epoch(self.step / self.steps_per_epoch)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        with autocast:
+            feats = self.runner(images)
+        report = self.criterion([f.float() for f in feats], targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        report.total.backward()
+        if self.cfg.optim.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return report
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``epochs`` (or ``max_steps``), evaluating and checkpointing each epoch; final metrics."""
+        main = self.dist.is_main
+        steps_log = CsvLog(self.out / "steps.csv") if main else None
+        epochs_log = CsvLog(self.out / "epochs.csv") if main else None
+        board = TensorBoard(self.out / "tensorboard", enabled=main)
+        metrics: dict[str, float] = {}
+        while self.step < self.total_steps:
+            epoch, start = divmod(self.step, self.steps_per_epoch)
+            todo = min(self.steps_per_epoch, start + self.total_steps - self.step)
+            progress = Progress(todo - start, f"epoch {epoch + 1}/{self.cfg.epochs}", self.cfg.log_every)
+            sums: dict[str, float] = {}
+            t0 = time.perf_counter()
+            for i, (images, targets) in enumerate(self.batches(epoch, start), start=1):
+                report = self.train_step(images, targets)
+                flat = report.as_dict()
+                for key, value in flat.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                if main:
+                    row = {"step": self.step, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **flat}
+                    steps_log.write(row)
+                    board.scalars({f"train/{k}": v for k, v in flat.items()}, self.step)
+                    progress.update(i, " ".join(f"{n}={flat[n]:.3g}" for n in report))
+                if start + i >= todo:
+                    break
+            seen = max(1, todo - start)
+            row = {"epoch": epoch + 1, "step": self.step, "seconds": time.perf_counter() - t0}
+            row.update({f"train/{k}": v / seen for k, v in sums.items()})
+            done = self.step >= self.total_steps
+            if (epoch + 1) % self.cfg.eval.every_epochs == 0 or done:
+                metrics = self.evaluate()
+                row.update({f"val/{k}": v for k, v in metrics.items()})
+            if main:
+                epochs_log.write(row)
+                board.scalars({k: v for k, v in row.items() if k.startswith("val/")}, self.step)
+            self.save(self.out / "last.pt")
+        board.close()
+        if main and self.cfg.eval.plots:
+            from detloss.train.plots import plot_run  # matplotlib is an extra
+
+            plot_run(self.out, self)
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """AP of the EMA weights (if any) on the validation split; rank 0 computes, others wait."""
+        metrics: dict[str, float] = {}
+        if self.dist.is_main:
+            model = self.ema.module if self.ema is not None else self.model
+            metrics = evaluate(model, self.val_set, self.cfg, self.num_classes, self.dist.device)
+        self.dist.barrier()
+        return metrics
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def save(self, path: str | Path) -> None:
+        if self.dist.is_main:
+            torch.save(self.state_dict(), path)
+        self.dist.barrier()
+
+    def load(self, path: str | Path) -> None:
+        """Restore everything a step depends on, so resuming continues the run exactly."""
+        state = torch.load(path, map_location=self.dist.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.criterion.load_state_dict(state["criterion"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step = state["step"]

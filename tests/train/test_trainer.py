@@ -1,0 +1,113 @@
+"""Trainer: smoke run and files, exact resume, 1-process vs 2-process step equality, compare."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detloss.testing import spawn_gloo
+from detloss.train.config import load_config
+from detloss.train.trainer import Trainer
+
+TINY = [
+    "data.image_size=64",
+    "data.train_images=16",
+    "data.val_images=4",
+    "data.max_objects=2",
+    "model.width=8",
+    "batch_size=4",
+    "loss.reg_max=4",
+    "loss.num_vertices=6",
+    "eval.plots=false",
+    "log_every=1",
+    "threads=1",
+]
+
+
+def _config(tmp: Path, *extra: str):
+    return load_config(None, [*TINY, f"out_dir={tmp}", *extra])
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_smoke_run_writes_logs_config_and_checkpoint(tmp_path):
+    trainer = Trainer(_config(tmp_path, "epochs=2", "max_steps=6"))
+    metrics = trainer.fit()
+    assert trainer.step == 6
+    for name in ("config.yaml", "steps.csv", "epochs.csv", "last.pt"):
+        assert (tmp_path / name).is_file(), name
+    steps = (tmp_path / "steps.csv").read_text().splitlines()
+    assert len(steps) == 1 + 6 and "cls/normalizer" in steps[0] and "poly" in steps[0]
+    assert {"map", "map50", "map75", "dets_per_image", "poly_map50"} <= set(metrics)
+    assert load_config(tmp_path / "config.yaml").model_dump() == trainer.cfg.model_dump()
+
+
+def test_resume_continues_exactly(tmp_path):
+    extra = ("epochs=2", "optim.ema_decay=0.9", "optim.warmup_steps=2")
+    straight = Trainer(_config(tmp_path / "a", *extra, "max_steps=6"))
+    straight.fit()
+    half = Trainer(_config(tmp_path / "b", *extra, "max_steps=3"))
+    half.fit()  # stops mid-epoch 1 (4 steps per epoch) and writes last.pt
+    resumed = Trainer(_config(tmp_path / "b", *extra, "max_steps=6"), resume=tmp_path / "b" / "last.pt")
+    assert resumed.step == 3
+    resumed.fit()
+    for key, value in _weights(straight).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    for key, value in straight.ema.module.state_dict().items():
+        assert torch.equal(value, resumed.ema.module.state_dict()[key]), key
+
+
+def _one_step(rank: int, world: int, out: str) -> dict[str, torch.Tensor]:
+    trainer = Trainer(_config(Path(out), "optim.name=sgd", "optim.ema_decay=null", "optim.warmup_steps=1"))
+    images, targets = next(trainer.batches(0))
+    trainer.train_step(images, targets)
+    return _weights(trainer)
+
+
+def test_two_processes_take_the_same_step_as_one(tmp_path):
+    torch.set_num_threads(1)
+    single = _one_step(0, 1, str(tmp_path / "single"))
+    per_rank = spawn_gloo(_one_step, 2, str(tmp_path / "ddp"))
+    for weights in per_rank:
+        for key, value in single.items():
+            torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun smoke test runs on Linux CI")
+def test_torchrun_two_process_smoke(tmp_path):
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "detloss.cli", "train", *TINY, f"out_dir={tmp_path}", "epochs=1", "max_steps=2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "map50" in done.stdout
+    assert len((tmp_path / "steps.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_compare_writes_a_figure_and_a_table(tmp_path):
+    pytest.importorskip("matplotlib")
+    from detloss.train.plots import compare_runs
+
+    for name, lr in (("before", "0.002"), ("after", "0.004")):
+        Trainer(_config(tmp_path / name, "epochs=2", f"optim.lr={lr}")).fit()
+    figure, table = compare_runs(tmp_path / "before", tmp_path / "after", tmp_path)
+    assert figure.is_file() and figure.stat().st_size > 1000
+    assert "val/map50" in table and "train/cls" in table
+
+
+def test_bad_overrides_and_config_values_raise():
+    with pytest.raises(ValueError, match="key.sub=value"):
+        load_config(None, ["optim.lr"])
+    with pytest.raises(ValueError, match="valid names"):
+        load_config(None, ["loss.normalizers={cls: avg}"])
+    with pytest.raises(ValueError, match="extra"):
+        load_config(None, ["optim.learning_rate=0.1"])
