@@ -105,8 +105,11 @@ def print_report(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from detloss.train.config import load_config
-    from detloss.train.trainer import Trainer
+    try:
+        from detloss.train.config import load_config
+        from detloss.train.trainer import Trainer
+    except ImportError as err:
+        raise SystemExit(f"detloss train needs the train extra: pip install 'detloss[train]' ({err})") from err
 
     config = load_config(args.config, args.overrides)
     trainer = Trainer(config, resume=args.resume)

@@ -42,16 +42,26 @@ def test_each_term_reaches_exactly_the_channels_it_depends_on():
     assert nz["cls"][:, cls_ch].all()  # BCE: every anchor and class
     assert not nz["cls"][:, box_ch].any() and not nz["cls"][:, poly_ch].any()
 
-    # poly: both coordinates of each valid vertex of each positive's target, nothing else
-    poly_nz = nz["poly"][:, poly_ch].permute(0, 2, 1)[fg].view(-1, K, 2)
-    assert torch.equal(poly_nz.all(-1), t.polygon_valid)
-    assert torch.equal(poly_nz.any(-1), t.polygon_valid)
+    # poly (MGIoU over all K predicted vertices): every vertex of every positive, nothing else
+    assert nz["poly"][:, poly_ch].permute(0, 2, 1)[fg].all()
+    assert not nz["poly"][:, poly_ch].permute(0, 2, 1)[~fg].any()
     assert not nz["poly"][:, : 4 * R + C].any()
 
     # bg (max over classes): one class channel per background anchor, none on positives
     bg_cls = nz["bg"][:, cls_ch].permute(0, 2, 1)  # (B, A, C)
     assert torch.equal(bg_cls.sum(-1), (~fg).long())
     assert not nz["bg"][:, box_ch].any() and not nz["bg"][:, poly_ch].any()
+
+
+def test_l1_polygon_loss_trains_exactly_the_targets_valid_vertices():
+    crit = DenseCriterion(C, STRIDES, R, num_vertices=K, polygon_loss="l1")
+    feats = random_feats(2, crit.num_channels, 64, STRIDES, seed=3)
+    targets = random_targets(2, C, [2, 3], num_vertices=K, seed=3)
+    t = crit.assign(feats, targets)
+    nz = _grad_channels(crit(feats, targets)["poly"].value, feats) != 0
+    poly_nz = nz[:, 4 * R + C :].permute(0, 2, 1)[t.fg].view(-1, K, 2)
+    assert torch.equal(poly_nz.all(-1), t.polygon_valid)
+    assert torch.equal(poly_nz.any(-1), t.polygon_valid)
 
 
 def test_empty_targets_give_finite_values_same_keys_and_connected_graph():

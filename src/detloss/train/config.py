@@ -100,7 +100,7 @@ class TrainConfig(_Strict):
     """A whole run; ``detloss train --config run.yaml key.sub=value`` builds one."""
 
     out_dir: str = "runs/shapes"
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 16
     seed: int = 0
     device: str = "auto"

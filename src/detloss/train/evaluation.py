@@ -7,15 +7,17 @@ from torch import nn
 
 from detloss.data.collate import collate
 from detloss.evaluate import box_map, decode_dense, polygon_map
+from detloss.geometry.hull import convex_hull
 from detloss.train.config import TrainConfig
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, num_classes: int, conf: float = 0.001):
-    """Per-image prediction dicts in pixels (see :func:`detloss.evaluate.decode_dense`)."""
+    """Per-image prediction dicts in pixels (see :func:`detloss.evaluate.decode_dense`). A predicted
+    polygon is the convex hull of its K vertices: MGIoU trains the vertex set's extent, not an order."""
     model.eval()
     feats = model(images)
-    return decode_dense(
+    preds = decode_dense(
         [f.float() for f in feats],
         model.strides,
         num_classes,
@@ -25,6 +27,10 @@ def predict(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, num_classe
         iou=cfg.eval.nms_iou,
         max_det=cfg.eval.max_det,
     )
+    for p in preds:
+        if "polygons" in p:
+            p["polygons"], p["polygon_valid"] = convex_hull(p["polygons"])
+    return preds
 
 
 def ground_truth(sample: dict) -> dict:

@@ -1,0 +1,378 @@
+"""Forward+backward time and peak extra memory of ``DenseCriterion`` versus a naive YOLOv8 loss (CPU).
+
+    python benchmarks/dense.py [--case a|b|all] [--repeats 5]
+
+Cases (640x640 input, strides 8/16/32 -> 8400 anchors, 80 classes, reg_max 16):
+
+* ``a``: B = 16, 8 objects per image;
+* ``b``: B = 8, 300 objects per image.
+
+Rows: ``naive`` (ultralytics' own data flow, kept below: permute + contiguous of all predictions, decode of
+*all* anchors with grad, dense ``(B, M, A)`` assigner tensors, BCE over ``(B, A, C)``), ``DenseCriterion``
+with default options, ``DenseCriterion(preset="ultralytics")``, and ``unavoidable``: BCE over every anchor and
+class plus the DFL softmax over every anchor, forward and backward (no assignment at all), as a floor.
+
+Memory and time of every (case, row) are measured in two fresh subprocesses. The memory one runs with
+``MALLOC_MMAP_THRESHOLD_=65536`` (large buffers are mmapped, so freed memory leaves the resident set at once;
+the timed one keeps glibc's default, which reuses freed memory). Peak extra memory = the resident-set high-water
+mark (``VmHWM``, reset through ``/proc/self/clear_refs``) during one forward+backward after a warm-up, minus the
+resident set just before it, with the inputs already allocated (gradients of the inputs count as extra).
+(Without a resettable high-water mark, the ``ru_maxrss`` growth over the first call is reported instead.)
+Time = median of ``--repeats`` forward+backward calls after one warm-up, at torch's default thread count; on
+a shared machine each timed call first waits (up to ``--wait-idle`` seconds) for the CPUs to be idle.
+Targets (2 cores): case a ``DenseCriterion`` under 140 ms and at least 2x faster than naive; case b peak
+extra memory under 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+CASES = {"a": {"batch": 16, "objects": 8}, "b": {"batch": 8, "objects": 300}}
+ROWS = ("naive", "default", "ultralytics", "unavoidable")
+LABELS = {
+    "naive": "naive (ultralytics layout)",
+    "default": "DenseCriterion()",
+    "ultralytics": 'DenseCriterion(preset="ultralytics")',
+    "unavoidable": "unavoidable: BCE + DFL softmax",
+}
+IMAGE, STRIDES, NUM_CLASSES, REG_MAX = 640, (8, 16, 32), 80, 16
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Naive YOLOv8 loss, ultralytics 8.4 data flow (the baseline; also checks that the preset agrees)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _ciou(b1: torch.Tensor, b2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    x1, y1, x2, y2 = b1.unbind(-1)
+    u1, v1, u2, v2 = b2.unbind(-1)
+    w1, h1 = x2 - x1, y2 - y1 + eps
+    w2, h2 = u2 - u1, v2 - v1 + eps
+    inter = (x2.minimum(u2) - x1.maximum(u1)).clamp(min=0) * (y2.minimum(v2) - y1.maximum(v1)).clamp(min=0)
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    cw = x2.maximum(u2) - x1.minimum(u1)
+    ch = y2.maximum(v2) - y1.minimum(v1)
+    c2 = cw.pow(2) + ch.pow(2) + eps
+    rho2 = ((u1 + u2 - x1 - x2).pow(2) + (v1 + v2 - y1 - y2).pow(2)) / 4
+    v = (4 / math.pi**2) * ((w2 / h2).atan() - (w1 / h1).atan()).pow(2)
+    with torch.no_grad():
+        alpha = v / (v - iou + (1 + eps))
+    return iou - (rho2 / c2 + v * alpha)
+
+
+@torch.no_grad()
+def _naive_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, strides, topk=10, eps=1e-9):
+    """Task-aligned assignment with ``(B, M, A)`` float tensors throughout, as ultralytics does it."""
+    bs, n_max = gt_bboxes.shape[:2]
+    na, nc = anc_points.shape[0], pd_scores.shape[-1]
+    if n_max == 0:
+        return torch.zeros_like(pd_bboxes), torch.zeros_like(pd_scores), torch.zeros(bs, na, dtype=torch.bool)
+    # candidates (8.4: sides shorter than strides[0] become strides[1] for this test)
+    xywh = torch.cat(((gt_bboxes[..., :2] + gt_bboxes[..., 2:]) / 2, gt_bboxes[..., 2:] - gt_bboxes[..., :2]), -1)
+    small = (xywh[..., 2:] < strides[0]) & mask_gt.bool()
+    xywh[..., 2:] = torch.where(small, torch.tensor(float(strides[1])), xywh[..., 2:])
+    cand = torch.cat((xywh[..., :2] - xywh[..., 2:] / 2, xywh[..., :2] + xywh[..., 2:] / 2), -1)
+    lt, rb = cand.view(-1, 1, 4).chunk(2, 2)
+    deltas = torch.cat((anc_points[None] - lt, rb - anc_points[None]), 2).view(bs, n_max, na, 4)
+    mask_in_gts = deltas.amin(3).gt_(eps).float()
+    pair = (mask_in_gts * mask_gt).bool()
+    # alignment metric
+    overlaps = torch.zeros(bs, n_max, na)
+    bbox_scores = torch.zeros(bs, n_max, na)
+    img = torch.arange(bs).view(-1, 1).expand(-1, n_max)
+    bbox_scores[pair] = pd_scores[img, :, gt_labels.squeeze(-1).long()][pair]
+    pd = pd_bboxes.unsqueeze(1).expand(-1, n_max, -1, -1)[pair]
+    gt = gt_bboxes.unsqueeze(2).expand(-1, -1, na, -1)[pair]
+    overlaps[pair] = _ciou(gt, pd).clamp_(0)
+    align = bbox_scores.pow(0.5) * overlaps.pow(6.0)
+    # top-k
+    idx = torch.topk(align, topk, dim=-1, largest=True).indices
+    idx.masked_fill_(~mask_gt.expand(-1, -1, topk).bool(), 0)
+    count = torch.zeros(bs, n_max, na, dtype=torch.int8)
+    ones = torch.ones_like(idx[:, :, :1], dtype=torch.int8)
+    for k in range(topk):
+        count.scatter_add_(-1, idx[:, :, k : k + 1], ones)
+    count.masked_fill_(count > 1, 0)
+    mask_pos = count.float() * mask_in_gts * mask_gt
+    # one GT per anchor
+    fg = mask_pos.sum(-2)
+    if fg.max() > 1:
+        multi = (fg.unsqueeze(1) > 1).expand(-1, n_max, -1)
+        is_max = torch.zeros_like(mask_pos).scatter_(1, overlaps.argmax(1).unsqueeze(1), 1)
+        mask_pos = torch.where(multi, is_max, mask_pos).float()
+        fg = mask_pos.sum(-2)
+    gt_idx = mask_pos.argmax(-2)
+    # targets
+    flat = gt_idx + torch.arange(bs).view(-1, 1) * n_max
+    labels = gt_labels.long().flatten()[flat].clamp_(0)
+    boxes = gt_bboxes.view(-1, 4)[flat]
+    scores = torch.zeros(bs, na, nc, dtype=torch.int64).scatter_(2, labels.unsqueeze(-1), 1)
+    scores = torch.where(fg[:, :, None].repeat(1, 1, nc) > 0, scores, 0)
+    align *= mask_pos
+    pos_align = align.amax(-1, keepdim=True)
+    pos_overlaps = (overlaps * mask_pos).amax(-1, keepdim=True)
+    norm = (align * pos_overlaps / (pos_align + eps)).amax(-2).unsqueeze(-1)
+    return boxes, scores * norm, fg > 0
+
+
+def naive_loss(feats, targets, nc=NUM_CLASSES, strides=STRIDES, reg_max=REG_MAX):
+    """``(total, {box, cls, dfl}, fg)`` of YOLOv8's loss, computed the straightforward (ultralytics) way."""
+    bs = feats[0].shape[0]
+    no = 4 * reg_max + nc
+    pred_distri, pred_scores = torch.cat([f.view(bs, no, -1) for f in feats], 2).split((4 * reg_max, nc), 1)
+    pred_scores = pred_scores.permute(0, 2, 1).contiguous()
+    pred_distri = pred_distri.permute(0, 2, 1).contiguous()
+    points, stride_list = [], []
+    for f, s in zip(feats, strides, strict=True):
+        h, w = f.shape[2:]
+        sy, sx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        points.append(torch.stack((sx, sy), -1).view(-1, 2).float())
+        stride_list.append(torch.full((h * w, 1), float(s)))
+    anchor_points, stride_tensor = torch.cat(points), torch.cat(stride_list)
+
+    img_h, img_w = feats[0].shape[2] * strides[0], feats[0].shape[3] * strides[0]
+    scale = torch.tensor([img_w, img_h, img_w, img_h], dtype=torch.float32)
+    bidx = targets["batch_idx"].long()
+    n_max = int(torch.bincount(bidx, minlength=bs).max()) if bidx.numel() else 0
+    padded = torch.zeros(bs, n_max, 5)
+    for b in range(bs):
+        sel = bidx == b
+        n = int(sel.sum())
+        if n:
+            xywh = targets["bboxes"][sel].float() * scale
+            xyxy = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
+            padded[b, :n] = torch.cat((targets["cls"][sel].float()[:, None], xyxy), 1)
+    gt_labels, gt_bboxes = padded.split((1, 4), 2)
+    mask_gt = gt_bboxes.sum(2, keepdim=True).gt_(0.0)
+
+    proj = torch.arange(reg_max, dtype=torch.float32)
+    dist = pred_distri.view(bs, -1, 4, reg_max).softmax(3).matmul(proj)  # all anchors, with grad
+    lt, rb = dist.chunk(2, -1)
+    pred_bboxes = torch.cat((anchor_points - lt, anchor_points + rb), -1)
+
+    target_bboxes, target_scores, fg = _naive_assign(
+        pred_scores.detach().sigmoid(),
+        pred_bboxes.detach() * stride_tensor,
+        anchor_points * stride_tensor,
+        gt_labels,
+        gt_bboxes,
+        mask_gt,
+        strides,
+    )
+    tss = max(target_scores.sum(), 1)
+    cls = F.binary_cross_entropy_with_logits(pred_scores, target_scores, reduction="none").sum() / tss
+    box = dfl = pred_distri.sum() * 0
+    if fg.sum():
+        target_bboxes = target_bboxes / stride_tensor
+        weight = target_scores.sum(-1)[fg].unsqueeze(-1)
+        box = ((1.0 - _ciou(pred_bboxes[fg], target_bboxes[fg])).unsqueeze(-1) * weight).sum() / tss
+        x1y1, x2y2 = target_bboxes.chunk(2, -1)
+        ltrb = torch.cat((anchor_points - x1y1, x2y2 - anchor_points), -1).clamp_(0, reg_max - 1 - 0.01)
+        ltrb = ltrb[fg]
+        logits = pred_distri[fg].view(-1, reg_max)
+        tl = ltrb.long()
+        tr = tl + 1
+        wl = tr - ltrb
+        ce = F.cross_entropy(logits, tl.view(-1), reduction="none").view(tl.shape) * wl
+        ce = ce + F.cross_entropy(logits, tr.view(-1), reduction="none").view(tl.shape) * (1 - wl)
+        dfl = (ce.mean(-1, keepdim=True) * weight).sum() / tss
+    terms = {"box": box * 7.5, "cls": cls * 0.5, "dfl": dfl * 1.5}
+    return sum(terms.values()) * bs, terms, int(fg.sum())
+
+
+def unavoidable_loss(feats, reg_max=REG_MAX):
+    """BCE (against the all-background target: ``softplus(x)``) over every anchor and class, plus the DFL
+    softmax expectation over every anchor, in the head's own layout (no permute, no assignment)."""
+    total = feats[0].new_zeros(())
+    for f in feats:
+        b, _, h, w = f.shape
+        box, cls = f.split((4 * reg_max, f.shape[1] - 4 * reg_max), 1)  # split: backward writes, no zero-fill
+        dist = box.reshape(b, 4, reg_max, h * w).softmax(2)
+        bins = torch.arange(reg_max, dtype=f.dtype).view(1, 1, reg_max, 1)
+        total = total + F.softplus(cls).sum() + (dist * bins).sum()
+    return total
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measurement (one subprocess per case and row)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_idle_fraction(interval: float = 0.2) -> float:
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
+
+    idle0, total0 = sample()
+    time.sleep(interval)
+    idle1, total1 = sample()
+    return (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def _wait_idle(max_seconds: float) -> bool:
+    """Wait until the other processes leave the CPUs idle (>= 90 %) or ``max_seconds`` pass; True if idle."""
+    deadline = time.monotonic() + max_seconds
+    while time.monotonic() < deadline:
+        if _cpu_idle_fraction() >= 0.9:
+            return True
+    return max_seconds <= 0
+
+
+def worker(case: str, row: str, what: str, repeats: int, wait_idle: float = 0.0) -> dict:
+    """Measure ``what`` (``"memory"`` or ``"time"``) of one row in this (fresh) process."""
+    from detloss.criteria.dense import DenseCriterion
+    from detloss.data.synthetic import random_feats, random_targets
+
+    cfg = CASES[case]
+    feats = random_feats(cfg["batch"], 4 * REG_MAX + NUM_CLASSES, IMAGE, STRIDES, seed=0)
+    targets = random_targets(cfg["batch"], NUM_CLASSES, cfg["objects"], seed=0)
+    if row == "naive":
+
+        def step():
+            total, terms, fg = naive_loss(feats, targets)
+            total.backward()
+            return terms, fg
+    elif row == "unavoidable":
+
+        def step():
+            unavoidable_loss(feats).backward()
+            return {}, None
+    else:
+        crit = DenseCriterion(NUM_CLASSES, STRIDES, REG_MAX, preset=None if row == "default" else row)
+
+        def step():
+            report = crit(feats, targets)
+            report.total.backward()
+            return {k: report[k].value for k in ("box", "cls", "dfl")}, int(report["box"].num_pos)
+
+    def clear():
+        for f in feats:
+            f.grad = None
+        gc.collect()
+
+    if what == "memory":
+        exact = _reset_peak()
+        if not exact:  # no resettable high-water mark: the first (cold) call against the inputs' peak
+            before_kb = _status_kb("VmHWM")
+        else:
+            step()  # warm-up
+            clear()
+            _reset_peak()
+            before_kb = _status_kb("VmRSS")
+        terms, fg = step()
+        return {
+            "mb": (_status_kb("VmHWM") - before_kb) / 1024,
+            "exact_peak": exact,
+            "terms": {k: float(v.detach()) for k, v in terms.items()},
+            "fg": fg,
+        }
+    step()  # warm-up
+    times, busy = [], 0
+    for _ in range(repeats):
+        clear()
+        busy += not _wait_idle(wait_idle)
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"ms": statistics.median(times), "threads": torch.get_num_threads(), "busy": busy}
+
+
+def run_row(case: str, row: str, repeats: int, wait_idle: float) -> dict:
+    """Memory in one fresh process (fixed mmap threshold), time in another (the default allocator)."""
+    result = {}
+    for what in ("memory", "time"):
+        env = dict(os.environ)
+        if what == "memory":
+            env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"{case}:{row}:{what}"]
+        cmd += ["--repeats", str(repeats), "--wait-idle", str(wait_idle)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"worker {case}:{row}:{what} failed:\n{out.stderr}")
+        result.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=("a", "b", "all"), default="all")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per row (median reported)")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=20.0,
+        help="before each timed call wait up to this many seconds for idle CPUs (shared machines); 0: off",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        case, row, what = args.worker.split(":")
+        print(json.dumps(worker(case, row, what, args.repeats, args.wait_idle)))
+        return
+
+    cases = ("a", "b") if args.case == "all" else (args.case,)
+    load0 = os.getloadavg()[0]
+    results = {(c, r): run_row(c, r, args.repeats, args.wait_idle) for c in cases for r in ROWS}
+    any_row = next(iter(results.values()))
+    method = "VmHWM reset via /proc/self/clear_refs" if any_row["exact_peak"] else "ru_maxrss growth, cold call"
+    print(
+        f"CPU, torch {torch.__version__}, {any_row['threads']} threads, median of {args.repeats} fwd+bwd after "
+        f"1 warm-up; load average {load0:.2f} -> {os.getloadavg()[0]:.2f}"
+    )
+    print(f"peak extra MB: resident-set high-water mark minus resident set before the call ({method}), fresh process")
+    print("ratio = ms / naive ms (<= 0.50 means at least 2x faster than naive)")
+    busy = sum(r["busy"] for r in results.values())
+    if busy:
+        print(f"warning: {busy} timed calls started while other processes kept the CPUs busy (see --wait-idle)")
+    header = f"{'case':<24} {'implementation':<38} {'fwd+bwd ms':>10} {'ratio vs naive':>14} {'peak extra MB':>13}"
+    print(header)
+    print("-" * len(header))
+    for c in cases:
+        cfg = CASES[c]
+        label = f"{c}: B={cfg['batch']}, {cfg['objects']} obj/img"
+        naive = results[(c, "naive")]["ms"]
+        for r in ROWS:
+            res = results[(c, r)]
+            print(f"{label:<24} {LABELS[r]:<38} {res['ms']:>10.1f} {res['ms'] / naive:>14.2f} {res['mb']:>13.1f}")
+    for c in cases:  # the naive loss and the preset compute the same numbers
+        a, b = results[(c, "naive")], results[(c, "ultralytics")]
+        rel = max(abs(a["terms"][k] / b["terms"][k] - 1) for k in a["terms"])
+        print(
+            f"case {c}: naive (8.4.0 small-GT rule) vs preset: max relative term difference {rel:.1e}, "
+            f"fg {a['fg']} vs {b['fg']}"
+        )
+
+
+if __name__ == "__main__":
+    main()

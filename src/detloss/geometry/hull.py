@@ -1,0 +1,68 @@
+"""Batched convex hull of small point sets (K up to a few dozen), exact, in torch."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from detloss._checks import check_tensor
+
+
+def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Convex hull vertices of each of N point sets, in the library's vertex order.
+
+    A segment ``i -> j`` is a hull edge when no valid point lies strictly to its right; a point is a
+    hull vertex when it starts a hull edge and is not a repeat of an earlier point. O(K^3) per set,
+    which is nothing for the K <= 16 vertices a head predicts.
+
+    Args:
+        points: ``(N, K, 2)``.
+        valid: ``(N, K)`` bool; ``None`` means all valid.
+
+    Returns:
+        ``hull (N, K, 2)`` with the hull vertices first, sorted by angle about their centroid
+        (positive shoelace area, as :func:`detloss.geometry.signed_polygon_area` defines it), then
+        zero padding; and ``mask (N, K)`` marking them. Collinear or coincident sets give fewer
+        than 3 vertices.
+
+    Example:
+        >>> pts = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]]])
+        >>> hull, mask = convex_hull(pts)
+        >>> mask.tolist()
+        [[True, True, True, True, False]]
+    """
+    check_tensor("points", points, ("N", "K", 2), floating=True)
+    n, k, _ = points.shape
+    if valid is None:
+        valid = torch.ones(n, k, dtype=torch.bool, device=points.device)
+    check_tensor("valid", valid, (n, k))
+    p = points.detach()
+    scale = p.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1.0)  # tolerance relative to coordinates
+    q = p / scale
+    d = q[:, None, :, :] - q[:, :, None, :]  # d[n, i, j] = q_j - q_i
+    cross = d[:, :, :, None, 0] * d[:, :, None, :, 1] - d[:, :, :, None, 1] * d[:, :, None, :, 0]  # (N, i, j, m)
+    eps = 1e-9
+    right = (cross < -eps) & valid[:, None, None, :]
+    distinct = d.abs().amax(-1) > eps
+    edge = ~right.any(-1) & distinct & valid[:, :, None] & valid[:, None, :]
+    repeat = (~distinct & torch.ones_like(distinct).tril(-1).bool() & valid[:, None, :]).any(-1)
+    is_vertex = edge.any(-1) & ~repeat & _not_inside_edge(q, edge, valid)
+    centre = (q * is_vertex[..., None]).sum(1) / is_vertex.sum(1, keepdim=True).clamp_min(1)
+    angle = torch.atan2(q[..., 1] - centre[:, None, 1], q[..., 0] - centre[:, None, 0])
+    key = torch.where(is_vertex, angle, torch.full_like(angle, float("inf")))
+    order = key.argsort(dim=1, stable=True)
+    hull = points.gather(1, order[..., None].expand(n, k, 2))
+    mask = is_vertex.gather(1, order)
+    return torch.where(mask[..., None], hull, torch.zeros_like(hull)), mask
+
+
+def _not_inside_edge(q: Tensor, edge: Tensor, valid: Tensor) -> Tensor:
+    """False for points lying strictly between the ends of some hull edge (collinear boundary points)."""
+    a = q[:, :, None, None, :]  # edge start i
+    b = q[:, None, :, None, :]  # edge end j
+    m = q[:, None, None, :, :]  # candidate m
+    ab, am = b - a, m - a
+    cross = ab[..., 0] * am[..., 1] - ab[..., 1] * am[..., 0]
+    t = (ab * am).sum(-1)
+    inside = edge[..., None] & (cross.abs() <= 1e-9) & (t > 1e-12) & (t < (ab * ab).sum(-1) - 1e-12)
+    return ~(inside & valid[:, None, None, :]).any(dim=(1, 2))

@@ -1,0 +1,52 @@
+"""convex_hull against shapely on random and degenerate point sets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detloss.geometry import polygon_area, signed_polygon_area
+from detloss.geometry.hull import convex_hull
+
+shapely = pytest.importorskip("shapely")
+from shapely.geometry import MultiPoint  # noqa: E402
+
+coords = st.floats(-50, 50, allow_nan=False, width=32)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(coords, coords), min_size=3, max_size=9), st.integers(0, 3))
+def test_hull_area_and_vertices_match_shapely(pts, padding):
+    k = len(pts) + padding
+    points = torch.zeros(1, k, 2, dtype=torch.float64)
+    points[0, : len(pts)] = torch.tensor(pts, dtype=torch.float64)
+    valid = torch.arange(k)[None] < len(pts)
+    hull, mask = convex_hull(points, valid)
+    ref = MultiPoint(pts).convex_hull
+    if ref.geom_type != "Polygon" or ref.area < 1e-6:
+        assert polygon_area(hull, mask).item() == pytest.approx(ref.area, abs=1e-6)
+        return
+    assert polygon_area(hull, mask).item() == pytest.approx(ref.area, rel=1e-9, abs=1e-9)
+    assert signed_polygon_area(hull, mask).item() > 0
+    ref_vertices = {(round(x, 6), round(y, 6)) for x, y in list(ref.exterior.coords)[:-1]}
+    ours = {(round(x, 6), round(y, 6)) for x, y in hull[0][mask[0]].tolist()}
+    # shapely is exact; we drop points within 1e-9 (relative) of an edge, which changes no area above
+    assert ours <= ref_vertices
+
+
+def test_hand_cases():
+    square_with_inner_and_edge_points = torch.tensor([[[0.0, 0], [1, 1], [2, 0], [2, 2], [0, 2], [1, 0]]])
+    hull, mask = convex_hull(square_with_inner_and_edge_points)
+    assert mask.sum().item() == 4
+    assert polygon_area(hull, mask).item() == 4.0
+    collinear = torch.tensor([[[0.0, 0], [1, 1], [2, 2]]])
+    assert convex_hull(collinear)[1].sum().item() == 2
+    same = torch.ones(1, 4, 2)
+    assert convex_hull(same)[1].sum().item() <= 1
+
+
+def test_bad_shape_names_points():
+    with pytest.raises(ValueError, match="points"):
+        convex_hull(torch.zeros(3, 2))
