@@ -7,12 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detloss._checks import check_tensor
 from detloss.assign.anchors import bbox2dist, dist2bbox, make_anchors
 from detloss.assign.task_aligned import TaskAlignedAssigner, ultralytics_min_candidate_size
+from detloss.criteria.head_outputs import HeadOutputs
 from detloss.criteria.targets import pad_targets
 from detloss.functional import classification as cls_losses
 from detloss.functional.background import focal_background, max_score_penalty
@@ -20,6 +19,7 @@ from detloss.functional.dfl import distribution_focal
 from detloss.functional.iou import iou_loss
 from detloss.functional.polygon import mgiou_loss
 from detloss.functional.regression import l1, mse
+from detloss.functional.sparse_bce import bce_with_sparse_targets
 from detloss.normalize import build_normalizers, denominators
 from detloss.report import LossReport, make_term
 from detloss.schedule import WarmupSchedule
@@ -221,54 +221,43 @@ class DenseCriterion(nn.Module):
             self.weights["bg"] = self.background.schedule.value(epoch)
 
     def forward(self, feats: Sequence[Tensor], targets: Mapping[str, Tensor]) -> LossReport:
-        box_logits, cls_logits, poly_raw, sizes = self._split(feats)
-        t = self._assign(box_logits, cls_logits, sizes, targets)
+        head = self._split(feats)
+        t = self._assign(head, targets)
         fg = t.fg
-        denom = denominators(self.normalizers, self._counts(t, cls_logits), device=cls_logits.device)
+        denom = denominators(self.normalizers, self._counts(t, head), device=fg.device)
+        anchor = head.cls[0]  # any prediction tensor: keeps empty terms attached to the graph
 
-        pos_logits = box_logits[t.image, :, t.anchor]  # (P, 4 * reg_max)
+        pos_logits = head.gather(head.box, t.image, t.anchor)  # (P, 4 * reg_max)
         pos_ltrb = self._decode(pos_logits)
         terms = {}
         box_el = iou_loss(dist2bbox(pos_ltrb, t.points), t.boxes, kind=self.box_loss)
-        terms["box"] = self._term("box", box_el, denom, t.weight, fg, box_logits)
-        cls_el = self._cls_elements(cls_logits, t)
-        terms["cls"] = self._term("cls", cls_el, denom, None, fg, cls_logits, num_elements=cls_el[0].numel())
+        terms["box"] = self._term("box", box_el, denom, t.weight, fg, anchor)
+        cls_el = self._cls_elements(head, t)
+        num_cls = head.batch_size * head.num_anchors * self.num_classes
+        terms["cls"] = self._term("cls", cls_el, denom, None, fg, anchor, num_elements=num_cls)
         target_ltrb = bbox2dist(t.points, t.boxes)
         if self.reg_max > 1:
             dfl_el = distribution_focal(pos_logits.reshape(-1, self.reg_max), target_ltrb.reshape(-1)).view(-1, 4)
         else:
             dfl_el = l1(pos_ltrb, target_ltrb)
-        terms["dfl"] = self._term("dfl", dfl_el.mean(-1), denom, t.weight, fg, box_logits)
+        terms["dfl"] = self._term("dfl", dfl_el.mean(-1), denom, t.weight, fg, anchor)
         if self.num_vertices:
-            offsets = poly_raw[t.image, :, t.anchor].float().view(-1, self.num_vertices, 2)
+            offsets = head.gather(head.poly, t.image, t.anchor).float().view(-1, self.num_vertices, 2)
             poly_el = self._polygon_elements(t.points[:, None, :] + offsets, t.polygons, t.polygon_valid)
-            terms["poly"] = self._term("poly", poly_el, denom, t.weight, fg, poly_raw)
+            terms["poly"] = self._term("poly", poly_el, denom, t.weight, fg, head.poly[0])
         if self.background is not None:
-            terms["bg"] = self._term("bg", self._background_elements(cls_logits, fg), denom, None, fg, cls_logits)
-        return LossReport(terms, scale=cls_logits.shape[0] if self.preset == "ultralytics" else 1)
+            terms["bg"] = self._term("bg", self._background_elements(head, fg), denom, None, fg, anchor)
+        return LossReport(terms, scale=head.batch_size if self.preset == "ultralytics" else 1)
 
     def assign(self, feats: Sequence[Tensor], targets: Mapping[str, Tensor]) -> DenseTargets:
         """The targets this criterion trains ``feats`` towards (for inspection, plots and tests)."""
-        box_logits, cls_logits, _, sizes = self._split(feats)
-        return self._assign(box_logits, cls_logits, sizes, targets)
+        return self._assign(self._split(feats), targets)
 
     # -- pieces ---------------------------------------------------------------------------------
 
-    def _split(self, feats: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None, list[tuple[int, int]]]:
-        """Channel-first ``(B, 4 * reg_max, A)``, ``(B, C, A)``, ``(B, 2K, A)`` across levels.
-
-        Each level is ``split`` (not sliced) into its channel groups: in backward a split writes one
-        dense gradient per level, where slices would each zero-fill a full-size gradient.
-        """
-        if not isinstance(feats, Sequence) or len(feats) != len(self.strides):
-            raise ValueError(f"feats must be a list of {len(self.strides)} tensors (one per stride {self.strides})")
-        b = feats[0].shape[0] if isinstance(feats[0], Tensor) and feats[0].dim() == 4 else None
-        for i, f in enumerate(feats):
-            check_tensor(f"feats[{i}]", f, (b, self.num_channels, "H", "W"), floating=True)
-        sizes = [(f.shape[2], f.shape[3]) for f in feats]
-        groups = [f.flatten(2).split((4 * self.reg_max, self.num_classes, 2 * self.num_vertices), 1) for f in feats]
-        box, cls, poly = (torch.cat(parts, 2) for parts in zip(*groups, strict=True))
-        return box, cls, (poly if self.num_vertices else None), sizes
+    def _split(self, feats: Sequence[Tensor]) -> HeadOutputs:
+        groups = (4 * self.reg_max, self.num_classes, 2 * self.num_vertices)
+        return HeadOutputs.split(feats, self.strides, groups)
 
     def _decode(self, box_logits: Tensor) -> Tensor:
         """``(P, 4 * reg_max)`` logits -> ``(P, 4)`` expected ltrb distances in grid units."""
@@ -276,20 +265,18 @@ class DenseCriterion(nn.Module):
             return box_logits.float()
         return box_logits.float().unflatten(-1, (4, self.reg_max)).softmax(-1) @ self.bins
 
-    def _decode_all(self, box_logits: Tensor) -> Tensor:
-        """Channel-first ``(B, 4 * reg_max, A)`` -> ``(B, A, 4)``, without building an ``(A, 4R)`` copy."""
+    def _decode_level(self, box_logits: Tensor) -> Tensor:
+        """One level's ``(B, 4 * reg_max, HW)`` logits -> ``(B, 4, HW)`` expected distances."""
         if self.reg_max == 1:
-            return box_logits.float().transpose(1, 2)
-        probs = box_logits.float().unflatten(1, (4, self.reg_max)).softmax(2)  # (B, 4, R, A)
-        return torch.einsum("bsra,r->bas", probs, self.bins)
+            return box_logits.float()
+        probs = box_logits.float().unflatten(1, (4, self.reg_max)).softmax(2)  # (B, 4, R, HW)
+        return (probs * self.bins.view(1, 1, -1, 1)).sum(2)
 
-    def _assign(
-        self, box_logits: Tensor, cls_logits: Tensor, sizes: list[tuple[int, int]], targets: Mapping[str, Tensor]
-    ) -> DenseTargets:
-        b, device = cls_logits.shape[0], cls_logits.device
-        points, strides = make_anchors(sizes, self.strides, device=device)
+    def _assign(self, head: HeadOutputs, targets: Mapping[str, Tensor]) -> DenseTargets:
+        b, device = head.batch_size, head.cls[0].device
+        points, strides = make_anchors(head.sizes, self.strides, device=device)
         grid = points / strides[:, None]  # anchor points in grid units (ultralytics' anchor_points)
-        hw = self.image_size or (sizes[0][0] * self.strides[0], sizes[0][1] * self.strides[0])
+        hw = self.image_size or (head.sizes[0][0] * self.strides[0], head.sizes[0][1] * self.strides[0])
         gt = pad_targets(targets, b, hw, device)
         if self.num_vertices and (gt.polygons is None or gt.polygons.shape[2] != self.num_vertices):
             raise ValueError(
@@ -299,11 +286,12 @@ class DenseCriterion(nn.Module):
         # The assigner sees detached predictions. Decoding every anchor is needed only here, so it runs
         # without autograd; the loss decodes the positives again, with gradient.
         with torch.no_grad():
-            pred_px = dist2bbox(self._decode_all(box_logits), grid) * strides[:, None]
+            ltrb = torch.cat([self._decode_level(x) for x in head.box], 2).transpose(1, 2)  # (B, A, 4)
+            pred_px = dist2bbox(ltrb, grid) * strides[:, None]
+            logits = torch.cat(head.cls, 2).transpose(1, 2)  # (B, A, C) view of a detached copy
             assigned = self.assigner(
-                cls_logits.transpose(1, 2), pred_px, points, gt.labels, gt.boxes, gt.mask & _nonzero(gt.boxes),
-                scores_are_logits=True,
-            )  # fmt: skip
+                logits, pred_px, points, gt.labels, gt.boxes, gt.mask & _nonzero(gt.boxes), scores_are_logits=True
+            )
         fg = assigned.fg_mask
         image, anchor = torch.nonzero(fg, as_tuple=True)
         pos_strides = strides[anchor]
@@ -326,8 +314,8 @@ class DenseCriterion(nn.Module):
             polygon_valid=polygon_valid,
         )
 
-    def _counts(self, t: DenseTargets, cls_logits: Tensor) -> dict[str, dict[str, Tensor | float]]:
-        b, c, a = cls_logits.shape
+    def _counts(self, t: DenseTargets, head: HeadOutputs) -> dict[str, dict[str, Tensor | float]]:
+        b, c, a = head.batch_size, self.num_classes, head.num_anchors
         num_pos = t.fg.sum()
         shared = {
             "num_pos": num_pos,
@@ -364,40 +352,45 @@ class DenseCriterion(nn.Module):
             num_elements=num_elements,
         )
 
-    def _cls_elements(self, logits: Tensor, t: DenseTargets) -> list[Tensor]:
-        """Per anchor-class losses against the soft targets, as pieces whose sums add up.
+    def _cls_elements(self, head: HeadOutputs, t: DenseTargets) -> list[Tensor]:
+        """Per anchor-class losses against the soft targets: one ``(B, C, HW)`` piece per level.
 
-        BCE is split exactly as ``softplus(x) - x * t``: a dense ``(B, C, A)`` piece that needs no target
-        tensor and a ``(P,)`` piece on the positives' classes. That skips building a 43 MB target and
-        the slower fused BCE at 8400 anchors x 80 classes x 16 images. Other losses get the dense target.
+        The target is zero except at each positive's class; plain BCE uses that directly
+        (:func:`bce_with_sparse_targets`), the other losses get a dense target per level.
         """
-        b, c, a = logits.shape
-        cw = self.class_weights
-        if self.cls_loss == "bce" and not self.cls_loss_args:
-            negative = F.softplus(logits.float())
-            positive = -logits[t.image, t.labels, t.anchor].float() * t.weight
-            if cw is None:
-                return [negative, positive]
-            return [negative * cw.view(1, c, 1), positive * cw[t.labels]]
-        target = torch.zeros(b, c, a, device=logits.device)
-        target[t.image, t.labels, t.anchor] = t.weight
-        el = CLS_LOSSES[self.cls_loss](logits, target, **self.cls_loss_args)
-        return [el if cw is None else el * cw.view(1, c, 1)]
+        pieces = []
+        cw = None if self.class_weights is None else self.class_weights.view(1, -1, 1)
+        plain_bce = self.cls_loss == "bce" and not self.cls_loss_args
+        for level, mask, local in head.levels(t.anchor):
+            logits = head.cls[level]
+            index = (t.image[mask], t.labels[mask], local)
+            if plain_bce:
+                el = bce_with_sparse_targets(logits, index, t.weight[mask])
+            else:
+                target = torch.zeros(logits.shape, device=logits.device)
+                target[index] = t.weight[mask]
+                el = CLS_LOSSES[self.cls_loss](logits, target, **self.cls_loss_args)
+            pieces.append(el if cw is None else el * cw)
+        return pieces
 
-    def _background_elements(self, cls_logits: Tensor, fg: Tensor) -> Tensor:
+    def _background_elements(self, head: HeadOutputs, fg: Tensor) -> Tensor:
         """Penalty per background anchor; ``(N_bg,)``."""
         p = self.background
         if p.kind == "max":  # the max over classes first: no (N_bg, C) copy
-            top = cls_logits.amax(1)[~fg]
+            top = torch.cat([c.amax(1) for c in head.cls], 1)[~fg]
             return max_score_penalty(top[:, None], logit_clamp=p.logit_clamp)
-        return focal_background(cls_logits.transpose(1, 2)[~fg], gamma=p.gamma, logit_clamp=p.logit_clamp)
+        logits = torch.cat(head.cls, 2).transpose(1, 2)[~fg]
+        return focal_background(logits, gamma=p.gamma, logit_clamp=p.logit_clamp)
 
     def _polygon_elements(self, pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-        """``(P, K, 2)`` predicted and target vertices in stride units -> ``(P,)``. The prediction uses
-        as many vertices as its target has (its first ones); the rest get no gradient."""
+        """``(P, K, 2)`` predicted and target vertices in stride units -> ``(P,)``.
+
+        MGIoU compares the extent of all K predicted vertices with the target's (its hull, in effect),
+        so a triangle may be predicted by 8 points and decoded as their convex hull. L1/L2 pair vertex
+        ``k`` with target vertex ``k`` and train only the target's valid vertices."""
         if self.polygon_loss in ("mgiou", "mgiou+"):
             convexity = self.convexity_weight if self.polygon_loss == "mgiou+" else 0.0
-            return mgiou_loss(pred, target, pred_valid=valid, target_valid=valid, convexity_weight=convexity)
+            return mgiou_loss(pred, target, target_valid=valid, convexity_weight=convexity)
         el = (l1 if self.polygon_loss == "l1" else mse)(pred, target).sum(-1)  # (P, K)
         v = valid.float()
         return (el * v).sum(-1) / v.sum(-1).clamp_min(1.0)  # valid vertices only; clamp: a vertex count

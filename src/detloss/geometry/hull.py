@@ -41,9 +41,10 @@ def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Te
     q = p / scale
     d = q[:, None, :, :] - q[:, :, None, :]  # d[n, i, j] = q_j - q_i
     cross = d[:, :, :, None, 0] * d[:, :, None, :, 1] - d[:, :, :, None, 1] * d[:, :, None, :, 0]  # (N, i, j, m)
-    eps = 1e-9
-    right = (cross < -eps) & valid[:, None, None, :]
-    distinct = d.abs().amax(-1) > eps
+    eps = 1e-9  # a distance, relative to the largest coordinate
+    length = d.norm(dim=-1)  # (N, i, j)
+    right = (cross < -eps * length[..., None]) & valid[:, None, None, :]  # strictly right of line i -> j
+    distinct = length > eps
     edge = ~right.any(-1) & distinct & valid[:, :, None] & valid[:, None, :]
     repeat = (~distinct & torch.ones_like(distinct).tril(-1).bool() & valid[:, None, :]).any(-1)
     is_vertex = edge.any(-1) & ~repeat & _not_inside_edge(q, edge, valid)
@@ -64,5 +65,7 @@ def _not_inside_edge(q: Tensor, edge: Tensor, valid: Tensor) -> Tensor:
     ab, am = b - a, m - a
     cross = ab[..., 0] * am[..., 1] - ab[..., 1] * am[..., 0]
     t = (ab * am).sum(-1)
-    inside = edge[..., None] & (cross.abs() <= 1e-9) & (t > 1e-12) & (t < (ab * ab).sum(-1) - 1e-12)
+    length2 = (ab * ab).sum(-1)
+    on_line = cross.abs() <= 1e-9 * length2.sqrt()
+    inside = edge[..., None] & on_line & (t > 1e-12) & (t < length2 - 1e-12)
     return ~(inside & valid[:, None, None, :]).any(dim=(1, 2))
