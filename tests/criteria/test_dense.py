@@ -21,7 +21,9 @@ def _crit(**kw) -> DenseCriterion:
 def _grad_channels(term_value: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
     """(B, channels, A) gradient of one term w.r.t. the head outputs."""
     grads = torch.autograd.grad(term_value, feats, retain_graph=True, allow_unused=True)
-    return torch.cat([(torch.zeros_like(f) if g is None else g).flatten(2) for g, f in zip(grads, feats)], 2)
+    return torch.cat(
+        [(torch.zeros_like(f) if g is None else g).flatten(2) for g, f in zip(grads, feats, strict=True)], 2
+    )
 
 
 def test_each_term_reaches_exactly_the_channels_it_depends_on():

@@ -23,7 +23,7 @@ class Head(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(IN, CRITERION.num_channels, 1) for _ in STRIDES)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [conv(x) for conv, x in zip(self.convs, xs)]
+        return [conv(x) for conv, x in zip(self.convs, xs, strict=True)]
 
 
 def _loss(model: nn.Module, batch: dict) -> torch.Tensor:

@@ -43,6 +43,8 @@ def test_hand_cases():
     assert polygon_area(hull, mask).item() == 4.0
     collinear = torch.tensor([[[0.0, 0], [1, 1], [2, 2]]])
     assert convex_hull(collinear)[1].sum().item() == 2
+    near_duplicate = torch.tensor([[[0, 1e-9], [0, 0], [0, 1], [1, 0]]], dtype=torch.float64)
+    assert polygon_area(*convex_hull(near_duplicate)).item() == pytest.approx(0.5)
     same = torch.ones(1, 4, 2)
     assert convex_hull(same)[1].sum().item() <= 1
 

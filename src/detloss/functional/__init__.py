@@ -1,5 +1,6 @@
-"""Pure element losses: each returns per-element values; reductions happen in :mod:`detloss.reduce`."""
+"""Pure element losses: each returns per-element values; the one reduction is :func:`detloss.report.make_term`."""
 
+from detloss.functional.background import focal_background, max_score_penalty
 from detloss.functional.classification import (
     bce_with_logits,
     quality_focal,
@@ -9,10 +10,19 @@ from detloss.functional.classification import (
 )
 from detloss.functional.dfl import dfl_decode, distribution_focal
 from detloss.functional.iou import box_ciou, box_diou, box_giou, box_iou, iou_loss
+from detloss.functional.polygon import convexity_penalty, mgiou, mgiou_loss, sort_by_angle
 from detloss.functional.regression import l1, mse, smooth_l1
+from detloss.functional.sparse_bce import bce_with_sparse_targets
 
 __all__ = [
     "bce_with_logits",
+    "bce_with_sparse_targets",
+    "convexity_penalty",
+    "focal_background",
+    "max_score_penalty",
+    "mgiou",
+    "mgiou_loss",
+    "sort_by_angle",
     "box_ciou",
     "box_diou",
     "box_giou",

@@ -1,0 +1,21 @@
+"""Exact geometry: convex polygon area, clipping, IoU and GIoU (for metrics and comparison)."""
+
+from detloss.geometry.polygon import (
+    next_valid_index,
+    polygon_area,
+    polygon_giou,
+    polygon_iou,
+    prev_valid_index,
+    signed_polygon_area,
+    vertex_mask,
+)
+
+__all__ = [
+    "next_valid_index",
+    "polygon_area",
+    "polygon_giou",
+    "polygon_iou",
+    "prev_valid_index",
+    "signed_polygon_area",
+    "vertex_mask",
+]

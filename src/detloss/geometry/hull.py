@@ -45,9 +45,10 @@ def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Te
     length = d.norm(dim=-1)  # (N, i, j)
     right = (cross < -eps * length[..., None]) & valid[:, None, None, :]  # strictly right of line i -> j
     distinct = length > eps
-    edge = ~right.any(-1) & distinct & valid[:, :, None] & valid[:, None, :]
     repeat = (~distinct & torch.ones_like(distinct).tril(-1).bool() & valid[:, None, :]).any(-1)
-    is_vertex = edge.any(-1) & ~repeat & _not_inside_edge(q, edge, valid)
+    keep = valid & ~repeat  # one representative of each cluster of coincident points
+    edge = ~right.any(-1) & distinct & keep[:, :, None] & keep[:, None, :]
+    is_vertex = edge.any(-1) & _not_inside_edge(q, edge, keep, eps)
     centre = (q * is_vertex[..., None]).sum(1) / is_vertex.sum(1, keepdim=True).clamp_min(1)
     angle = torch.atan2(q[..., 1] - centre[:, None, 1], q[..., 0] - centre[:, None, 0])
     key = torch.where(is_vertex, angle, torch.full_like(angle, float("inf")))
@@ -57,15 +58,15 @@ def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Te
     return torch.where(mask[..., None], hull, torch.zeros_like(hull)), mask
 
 
-def _not_inside_edge(q: Tensor, edge: Tensor, valid: Tensor) -> Tensor:
-    """False for points lying strictly between the ends of some hull edge (collinear boundary points)."""
+def _not_inside_edge(q: Tensor, edge: Tensor, valid: Tensor, eps: float) -> Tensor:
+    """False for points on a hull edge and farther than ``eps`` from both its ends (collinear boundary points)."""
     a = q[:, :, None, None, :]  # edge start i
     b = q[:, None, :, None, :]  # edge end j
     m = q[:, None, None, :, :]  # candidate m
     ab, am = b - a, m - a
     cross = ab[..., 0] * am[..., 1] - ab[..., 1] * am[..., 0]
     t = (ab * am).sum(-1)
-    length2 = (ab * ab).sum(-1)
-    on_line = cross.abs() <= 1e-9 * length2.sqrt()
-    inside = edge[..., None] & on_line & (t > 1e-12) & (t < length2 - 1e-12)
+    length = (ab * ab).sum(-1).sqrt()
+    on_line = cross.abs() <= eps * length
+    inside = edge[..., None] & on_line & (t > eps * length) & (t < length * (length - eps))
     return ~(inside & valid[:, None, None, :]).any(dim=(1, 2))
