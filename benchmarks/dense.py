@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -38,6 +37,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from detloss.testing.reference_yolo import v8_detection_loss
 
 CASES = {"a": {"batch": 16, "objects": 8}, "b": {"batch": 8, "objects": 300}}
 ROWS = ("naive", "default", "ultralytics", "unavoidable")
@@ -50,147 +51,11 @@ LABELS = {
 IMAGE, STRIDES, NUM_CLASSES, REG_MAX = 640, (8, 16, 32), 80, 16
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Naive YOLOv8 loss, ultralytics 8.4 data flow (the baseline; also checks that the preset agrees)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _ciou(b1: torch.Tensor, b2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    x1, y1, x2, y2 = b1.unbind(-1)
-    u1, v1, u2, v2 = b2.unbind(-1)
-    w1, h1 = x2 - x1, y2 - y1 + eps
-    w2, h2 = u2 - u1, v2 - v1 + eps
-    inter = (x2.minimum(u2) - x1.maximum(u1)).clamp(min=0) * (y2.minimum(v2) - y1.maximum(v1)).clamp(min=0)
-    union = w1 * h1 + w2 * h2 - inter + eps
-    iou = inter / union
-    cw = x2.maximum(u2) - x1.minimum(u1)
-    ch = y2.maximum(v2) - y1.minimum(v1)
-    c2 = cw.pow(2) + ch.pow(2) + eps
-    rho2 = ((u1 + u2 - x1 - x2).pow(2) + (v1 + v2 - y1 - y2).pow(2)) / 4
-    v = (4 / math.pi**2) * ((w2 / h2).atan() - (w1 / h1).atan()).pow(2)
-    with torch.no_grad():
-        alpha = v / (v - iou + (1 + eps))
-    return iou - (rho2 / c2 + v * alpha)
-
-
-@torch.no_grad()
-def _naive_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, strides, topk=10, eps=1e-9):
-    """Task-aligned assignment with ``(B, M, A)`` float tensors throughout, as ultralytics does it."""
-    bs, n_max = gt_bboxes.shape[:2]
-    na, nc = anc_points.shape[0], pd_scores.shape[-1]
-    if n_max == 0:
-        return torch.zeros_like(pd_bboxes), torch.zeros_like(pd_scores), torch.zeros(bs, na, dtype=torch.bool)
-    # candidates (8.4: sides shorter than strides[0] become strides[1] for this test)
-    xywh = torch.cat(((gt_bboxes[..., :2] + gt_bboxes[..., 2:]) / 2, gt_bboxes[..., 2:] - gt_bboxes[..., :2]), -1)
-    small = (xywh[..., 2:] < strides[0]) & mask_gt.bool()
-    xywh[..., 2:] = torch.where(small, torch.tensor(float(strides[1])), xywh[..., 2:])
-    cand = torch.cat((xywh[..., :2] - xywh[..., 2:] / 2, xywh[..., :2] + xywh[..., 2:] / 2), -1)
-    lt, rb = cand.view(-1, 1, 4).chunk(2, 2)
-    deltas = torch.cat((anc_points[None] - lt, rb - anc_points[None]), 2).view(bs, n_max, na, 4)
-    mask_in_gts = deltas.amin(3).gt_(eps).float()
-    pair = (mask_in_gts * mask_gt).bool()
-    # alignment metric
-    overlaps = torch.zeros(bs, n_max, na)
-    bbox_scores = torch.zeros(bs, n_max, na)
-    img = torch.arange(bs).view(-1, 1).expand(-1, n_max)
-    bbox_scores[pair] = pd_scores[img, :, gt_labels.squeeze(-1).long()][pair]
-    pd = pd_bboxes.unsqueeze(1).expand(-1, n_max, -1, -1)[pair]
-    gt = gt_bboxes.unsqueeze(2).expand(-1, -1, na, -1)[pair]
-    overlaps[pair] = _ciou(gt, pd).clamp_(0)
-    align = bbox_scores.pow(0.5) * overlaps.pow(6.0)
-    # top-k
-    idx = torch.topk(align, topk, dim=-1, largest=True).indices
-    idx.masked_fill_(~mask_gt.expand(-1, -1, topk).bool(), 0)
-    count = torch.zeros(bs, n_max, na, dtype=torch.int8)
-    ones = torch.ones_like(idx[:, :, :1], dtype=torch.int8)
-    for k in range(topk):
-        count.scatter_add_(-1, idx[:, :, k : k + 1], ones)
-    count.masked_fill_(count > 1, 0)
-    mask_pos = count.float() * mask_in_gts * mask_gt
-    # one GT per anchor
-    fg = mask_pos.sum(-2)
-    if fg.max() > 1:
-        multi = (fg.unsqueeze(1) > 1).expand(-1, n_max, -1)
-        is_max = torch.zeros_like(mask_pos).scatter_(1, overlaps.argmax(1).unsqueeze(1), 1)
-        mask_pos = torch.where(multi, is_max, mask_pos).float()
-        fg = mask_pos.sum(-2)
-    gt_idx = mask_pos.argmax(-2)
-    # targets
-    flat = gt_idx + torch.arange(bs).view(-1, 1) * n_max
-    labels = gt_labels.long().flatten()[flat].clamp_(0)
-    boxes = gt_bboxes.view(-1, 4)[flat]
-    scores = torch.zeros(bs, na, nc, dtype=torch.int64).scatter_(2, labels.unsqueeze(-1), 1)
-    scores = torch.where(fg[:, :, None].repeat(1, 1, nc) > 0, scores, 0)
-    align *= mask_pos
-    pos_align = align.amax(-1, keepdim=True)
-    pos_overlaps = (overlaps * mask_pos).amax(-1, keepdim=True)
-    norm = (align * pos_overlaps / (pos_align + eps)).amax(-2).unsqueeze(-1)
-    return boxes, scores * norm, fg > 0
-
-
 def naive_loss(feats, targets, nc=NUM_CLASSES, strides=STRIDES, reg_max=REG_MAX):
-    """``(total, {box, cls, dfl}, fg)`` of YOLOv8's loss, computed the straightforward (ultralytics) way."""
-    bs = feats[0].shape[0]
-    no = 4 * reg_max + nc
-    pred_distri, pred_scores = torch.cat([f.view(bs, no, -1) for f in feats], 2).split((4 * reg_max, nc), 1)
-    pred_scores = pred_scores.permute(0, 2, 1).contiguous()
-    pred_distri = pred_distri.permute(0, 2, 1).contiguous()
-    points, stride_list = [], []
-    for f, s in zip(feats, strides, strict=True):
-        h, w = f.shape[2:]
-        sy, sx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-        points.append(torch.stack((sx, sy), -1).view(-1, 2).float())
-        stride_list.append(torch.full((h * w, 1), float(s)))
-    anchor_points, stride_tensor = torch.cat(points), torch.cat(stride_list)
-
-    img_h, img_w = feats[0].shape[2] * strides[0], feats[0].shape[3] * strides[0]
-    scale = torch.tensor([img_w, img_h, img_w, img_h], dtype=torch.float32)
-    bidx = targets["batch_idx"].long()
-    n_max = int(torch.bincount(bidx, minlength=bs).max()) if bidx.numel() else 0
-    padded = torch.zeros(bs, n_max, 5)
-    for b in range(bs):
-        sel = bidx == b
-        n = int(sel.sum())
-        if n:
-            xywh = targets["bboxes"][sel].float() * scale
-            xyxy = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
-            padded[b, :n] = torch.cat((targets["cls"][sel].float()[:, None], xyxy), 1)
-    gt_labels, gt_bboxes = padded.split((1, 4), 2)
-    mask_gt = gt_bboxes.sum(2, keepdim=True).gt_(0.0)
-
-    proj = torch.arange(reg_max, dtype=torch.float32)
-    dist = pred_distri.view(bs, -1, 4, reg_max).softmax(3).matmul(proj)  # all anchors, with grad
-    lt, rb = dist.chunk(2, -1)
-    pred_bboxes = torch.cat((anchor_points - lt, anchor_points + rb), -1)
-
-    target_bboxes, target_scores, fg = _naive_assign(
-        pred_scores.detach().sigmoid(),
-        pred_bboxes.detach() * stride_tensor,
-        anchor_points * stride_tensor,
-        gt_labels,
-        gt_bboxes,
-        mask_gt,
-        strides,
-    )
-    tss = max(target_scores.sum(), 1)
-    cls = F.binary_cross_entropy_with_logits(pred_scores, target_scores, reduction="none").sum() / tss
-    box = dfl = pred_distri.sum() * 0
-    if fg.sum():
-        target_bboxes = target_bboxes / stride_tensor
-        weight = target_scores.sum(-1)[fg].unsqueeze(-1)
-        box = ((1.0 - _ciou(pred_bboxes[fg], target_bboxes[fg])).unsqueeze(-1) * weight).sum() / tss
-        x1y1, x2y2 = target_bboxes.chunk(2, -1)
-        ltrb = torch.cat((anchor_points - x1y1, x2y2 - anchor_points), -1).clamp_(0, reg_max - 1 - 0.01)
-        ltrb = ltrb[fg]
-        logits = pred_distri[fg].view(-1, reg_max)
-        tl = ltrb.long()
-        tr = tl + 1
-        wl = tr - ltrb
-        ce = F.cross_entropy(logits, tl.view(-1), reduction="none").view(tl.shape) * wl
-        ce = ce + F.cross_entropy(logits, tr.view(-1), reduction="none").view(tl.shape) * (1 - wl)
-        dfl = (ce.mean(-1, keepdim=True) * weight).sum() / tss
-    terms = {"box": box * 7.5, "cls": cls * 0.5, "dfl": dfl * 1.5}
-    return sum(terms.values()) * bs, terms, int(fg.sum())
+    """``(total, {box, cls, dfl}, fg)`` of YOLOv8's loss computed the straightforward (ultralytics) way."""
+    terms = v8_detection_loss(feats, targets, nc, strides, reg_max)
+    fg = terms.pop("fg")
+    return sum(terms.values()) * feats[0].shape[0], terms, fg
 
 
 def unavoidable_loss(feats, reg_max=REG_MAX):
@@ -369,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         a, b = results[(c, "naive")], results[(c, "ultralytics")]
         rel = max(abs(a["terms"][k] / b["terms"][k] - 1) for k in a["terms"])
         print(
-            f"case {c}: naive (8.4.0 small-GT rule) vs preset: max relative term difference {rel:.1e}, "
+            f"case {c}: naive vs preset: max relative term difference {rel:.1e}, "
             f"fg {a['fg']} vs {b['fg']}"
         )
 

@@ -44,6 +44,7 @@ class _Cached:
         self.dataset = dataset
         self.items: dict[int, dict] = {}
         self.num_classes = getattr(dataset, "num_classes", None)
+        self.class_names = getattr(dataset, "class_names", None)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -61,6 +62,7 @@ class _Cached:
 class _Letterboxed:
     def __init__(self, dataset, size: int) -> None:
         self.dataset, self.size = dataset, size
+        self.class_names = getattr(dataset, "class_names", None)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -52,9 +52,16 @@ def evaluate(model: nn.Module, dataset, cfg: TrainConfig, num_classes: int, devi
         out = predict(model, images.to(device), cfg, num_classes)
         preds += [{k: v.cpu() for k, v in p.items()} for p in out]
         gts += [ground_truth(s) for s in samples]
-    boxes = box_map(preds, gts, conf=cfg.eval.conf)
-    metrics = {k: float(v) for k, v in boxes.items() if not isinstance(v, dict)}
+    names = getattr(dataset, "class_names", None) or [str(c) for c in range(num_classes)]
+    metrics = _flatten(box_map(preds, gts, conf=cfg.eval.conf), "", names)
     if cfg.loss.num_vertices:
-        polys = polygon_map(preds, gts, conf=cfg.eval.conf)
-        metrics.update({f"poly_{k}": float(v) for k, v in polys.items() if not isinstance(v, dict)})
+        metrics.update(_flatten(polygon_map(preds, gts, conf=cfg.eval.conf), "poly_", names))
     return metrics
+
+
+def _flatten(result: dict, prefix: str, names) -> dict[str, float]:
+    """Scalars as they are; per-class AP@[.5:.95] as ``{prefix}map/{class name}`` (-1: no GT)."""
+    out = {f"{prefix}{k}": float(v) for k, v in result.items() if not isinstance(v, dict)}
+    for c, ap in sorted(result.get("per_class", {}).items()):
+        out[f"{prefix}map/{names[c] if c < len(names) else c}"] = float(ap)
+    return out
