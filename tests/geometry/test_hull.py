@@ -36,6 +36,16 @@ def test_hull_area_and_vertices_match_shapely(pts, padding):
     assert ours <= ref_vertices
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000))
+def test_float32_hull_of_head_like_predictions_matches_shapely(seed):
+    g = torch.Generator().manual_seed(seed)
+    points = 100 + 30 * torch.randn(1, 8, 2, generator=g)  # 8 scattered vertices at pixel scale
+    hull, mask = convex_hull(points)
+    ref = MultiPoint(points[0].double().tolist()).convex_hull
+    assert polygon_area(hull, mask).item() == pytest.approx(ref.area, rel=1e-4)
+
+
 def test_hand_cases():
     square_with_inner_and_edge_points = torch.tensor([[[0.0, 0], [1, 1], [2, 0], [2, 2], [0, 2], [1, 0]]])
     hull, mask = convex_hull(square_with_inner_and_edge_points)

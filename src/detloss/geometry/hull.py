@@ -41,7 +41,7 @@ def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Te
     q = p / scale
     d = q[:, None, :, :] - q[:, :, None, :]  # d[n, i, j] = q_j - q_i
     cross = d[:, :, :, None, 0] * d[:, :, None, :, 1] - d[:, :, :, None, 1] * d[:, :, None, :, 0]  # (N, i, j, m)
-    eps = 1e-9  # a distance, relative to the largest coordinate
+    eps = 64 * torch.finfo(q.dtype).eps  # a distance relative to the largest coordinate: above rounding noise
     length = d.norm(dim=-1)  # (N, i, j)
     right = (cross < -eps * length[..., None]) & valid[:, None, None, :]  # strictly right of line i -> j
     distinct = length > eps
