@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 class CsvLog:
-    """Appends rows to a CSV; the header comes from the first row (later rows must share its keys)."""
+    """Appends rows to a CSV. A row with new keys (e.g. validation metrics that only some epochs have)
+    extends the header and the file is rewritten, earlier rows getting empty cells."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -22,11 +23,22 @@ class CsvLog:
         new = self.fields is None
         if new:
             self.fields = list(row)
+        elif any(k not in self.fields for k in row):
+            self._extend([k for k in row if k not in self.fields])
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+    def _extend(self, keys: list[str]) -> None:
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.fields = [*self.fields, *keys]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
