@@ -1,6 +1,9 @@
 """detloss: object-detection losses with explicit normalization."""
 
 from detloss.criteria.dense import BackgroundPenalty, DenseCriterion
+from detloss.criteria.multigrid import MultigridCriterion
+from detloss.criteria.roi import ROICriterion
+from detloss.criteria.rpn import RPNCriterion
 from detloss.normalize import NORMALIZERS, Normalizer
 from detloss.report import LossReport, Term, make_term
 from detloss.schedule import WarmupSchedule
@@ -12,7 +15,10 @@ __all__ = [
     "BackgroundPenalty",
     "DenseCriterion",
     "LossReport",
+    "MultigridCriterion",
     "Normalizer",
+    "ROICriterion",
+    "RPNCriterion",
     "Term",
     "WarmupSchedule",
     "make_term",
