@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from detloss.assign import task_aligned
 from detloss.assign.anchors import make_anchors
 from detloss.assign.task_aligned import (
     BACKGROUND_LABEL,
@@ -371,6 +372,55 @@ def test_chunked_path_memory_does_not_scale_with_batch_times_max_gt():
     n_pairs = int(inside.all(-1).sum())
     assert chunked_mode.largest <= max(budget, B * n_anchors * C, 4 * n_pairs)
     assert chunked_mode.largest < B * M * n_anchors // 10
+
+
+@pytest.mark.parametrize("block", [7, 37, 256])
+def test_pair_blocks_keep_paths_identical_and_bound_pair_temporaries(monkeypatch, block):
+    # Pair metrics and bookkeeping run by fixed blocks of the flat pair list; with tiny blocks (odd sizes:
+    # vectorized body and scalar tail in every block) both paths must still agree bit for bit.
+    monkeypatch.setattr(task_aligned, "_PAIR_BLOCK_CPU", block)
+    args, C = crowded_batch(2, C=1)
+    dense = TaskAlignedAssigner(C, min_candidate_size=16.0)(*args, path="dense")
+    for max_pairs in (1, 5000, 2**22):
+        assigner = TaskAlignedAssigner(C, min_candidate_size=16.0, max_pairs=max_pairs)
+        assert_same(dense, assigner(*args, path="chunked"))
+    # Chunked: gathered boxes and CIoU temporaries are per block; what spans all P pairs is (P,) only.
+    B, n_anchors = args[0].shape[0], args[2].shape[0]
+    points, boxes = args[2], args[4][args[5]]
+    inside = (points[None] > boxes[:, None, :2]) & (points[None] < boxes[:, None, 2:])
+    n_pairs = int(inside.all(-1).sum())
+    budget = 8 * n_anchors
+    bound = max(budget, 4 * B * n_anchors, n_pairs, 4 * block)  # chunk, (B, A, 4) boxes, (P,) lists, a block
+    assert 4 * n_pairs > bound  # (P, 4) box lists would show
+    mode = LargestTensor()
+    with mode:
+        chunked = TaskAlignedAssigner(C, min_candidate_size=16.0, max_pairs=budget)(*args, path="chunked")
+    assert_same(dense, chunked)
+    assert mode.largest <= bound
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_inside_test_equals_the_direct_four_deltas(seed):
+    # _inside evaluates the deltas on distinct coordinates only; it must equal the direct (..., A) test,
+    # including anchors exactly on edges, duplicated and unordered anchors, and any leading shape.
+    g = torch.Generator().manual_seed(seed)
+    points = torch.randint(0, 12, (50, 2), generator=g).float() * 2.5
+    points = torch.cat([points, points[:7], torch.tensor([[0.0, -0.0], [-0.0, 0.0], [1e-10, 3.0]])])
+    x1y1 = torch.randint(-2, 12, (2, 3, 2), generator=g).float() * 2.5
+    boxes = torch.cat([x1y1, x1y1 + torch.randint(2, 12, (2, 3, 2), generator=g).float() * 2.5], -1)
+    boxes[0, 0] = torch.tensor([0.0, 0.0, 1e-10, 1e-10])
+    x, y = points[:, 0], points[:, 1]
+    x1, y1, x2, y2 = (v.unsqueeze(-1) for v in boxes.unbind(-1))
+    expected = ((x - x1) > 1e-9) & ((y - y1) > 1e-9) & ((x2 - x) > 1e-9) & ((y2 - y) > 1e-9)
+    got = TaskAlignedAssigner._inside(points, boxes)
+    assert got.shape == expected.shape == (2, 3, points.shape[0])
+    assert torch.equal(got, expected)
+    assert expected.any() and not expected.all()
+    for lead in (boxes[1], boxes[1, 2:]):
+        direct = expected[1] if lead.shape[0] == 3 else expected[1, 2:]
+        r, a = TaskAlignedAssigner._inside(points, lead).nonzero(as_tuple=True)
+        er, ea = direct.nonzero(as_tuple=True)
+        assert torch.equal(r, er) and torch.equal(a, ea)  # (row, anchor) order
 
 
 # ---------------------------------------------------------------- randomized equivalence

@@ -53,16 +53,20 @@ means "every side shorter than ``m`` becomes ``m``"; a pair ``(below, size)`` me
 size measured) and the dense one on GPU while ``B × M × A <= max_pairs``:
 
 * *dense* — ultralytics' layout: ``(B, M, A)`` tensors (padding slots included).
-* *chunked* — only the real GTs, ``N = Σ n_i`` rows, processed ``max(1, max_pairs // A)`` rows at a time;
-  anchor-level bookkeeping (claims, winners, per-GT maxima) is done with scatters over the candidate pairs.
-  Peak memory is ``O(max_pairs + P)`` with ``P`` the number of candidate pairs, so one crowded image no
-  longer inflates every other image of the batch to ``max_gt × A``.
+* *chunked* — only the real GTs, ``N = Σ n_i`` rows, processed ``max(1, max_pairs // A)`` rows at a time
+  (candidates, then top-k); anchor-level bookkeeping (claims, winners, per-GT maxima) is done with scatters
+  over the candidate pairs, block by block. Each candidate pair keeps 17 bytes (int32 GT row / anchor,
+  later anchor key / GT slot; IoU; ``t``; top-k flag), so the peak is about ``5 · max_pairs`` bytes (one chunk
+  of rows) plus ``17 · P`` bytes, ``P`` the number of candidate pairs, plus one block of pairs: one crowded
+  image no longer inflates every other image of the batch to ``max_gt × A``.
 
 Both paths compute IoU and ``t`` on the *same* flat list of candidate pairs (ordered ``(b, j, a)``, like
-ultralytics' boolean-mask indexing) and use only correctly rounded or exact operations afterwards, so they
-return bit-identical results (``torch.topk`` on identical rows is deterministic per row; checked on CPU).
-The flat list matters: PyTorch's CPU ``pow`` rounds differently in the vectorized body and the scalar tail
-of a kernel, so the same value can differ by an ulp depending on its position in a tensor.
+ultralytics' boolean-mask indexing), cut into the same fixed blocks (``2**16`` pairs on CPU, ``2**20``
+elsewhere: they depend on the device only, not on the path or ``max_pairs``, and bound the CIoU temporaries),
+and use only correctly rounded or exact operations afterwards, so they return bit-identical results
+(``torch.topk`` on identical rows is deterministic per row; checked on CPU). The common layout matters:
+PyTorch's CPU ``pow`` rounds differently in the vectorized body and the scalar tail of a kernel, so the same
+value can differ by an ulp depending on its position in a tensor.
 
 On CPU (one thread) the chunked path measured faster than the dense one except on tiny problems
 (``A = 84, B = 2, M = 2``: 0.5 vs 0.7 ms; ``A = 8400, B = 16, M = 4``: 77 vs 36 ms; ``M = 60``: 490 vs 68 ms).
@@ -100,6 +104,16 @@ BACKGROUND_LABEL = -1
 _INSIDE_EPS = 1e-9
 #: ultralytics' ``bbox_iou`` default eps.
 _IOU_EPS = 1e-7
+#: Candidate pairs per block of the pair metrics and of the per-pair bookkeeping, on CPU and on other devices:
+#: a function of the device only, never of the path or of ``max_pairs`` (see ``TaskAlignedAssigner._pair_metrics``).
+_PAIR_BLOCK_CPU = 2**16
+_PAIR_BLOCK_OTHER = 2**20
+
+
+def _blocks(n: int, device: torch.device) -> list[tuple[int, int]]:
+    """``[lo, hi)`` bounds of the fixed blocks of a list of ``n`` candidate pairs."""
+    size = _PAIR_BLOCK_CPU if device.type == "cpu" else _PAIR_BLOCK_OTHER
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
 
 
 @dataclass(frozen=True)
@@ -354,35 +368,59 @@ class TaskAlignedAssigner:
 
     @staticmethod
     def _inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """``(..., A)`` bool: point strictly inside box (all four deltas ``> 1e-9``). ``boxes (..., 4)``."""
-        x, y = points[:, 0], points[:, 1]
-        x1, y1, x2, y2 = (v.unsqueeze(-1) for v in boxes.unbind(-1))
-        inside = (x - x1) > _INSIDE_EPS
-        inside &= (y - y1) > _INSIDE_EPS
-        inside &= (x2 - x) > _INSIDE_EPS
-        inside &= (y2 - y) > _INSIDE_EPS
-        return inside
+        """``(..., A)`` bool: point strictly inside box (all four deltas ``> 1e-9``). ``boxes (..., 4)``, nonempty.
+
+        Each delta involves one coordinate of the point, so the tests run on the *distinct* anchor ``x`` (and
+        ``y``) values only (a pyramid of grids has ``Σ w`` of them for ``A = Σ w·h`` anchors): the same
+        subtractions and comparisons on the same values, without ``(..., A)`` float temporaries. They are laid
+        out ``(U, R)`` (``R`` boxes) so that spreading them to the anchors copies whole rows; the result is the
+        transposed view of an ``(A, R)`` tensor (``nonzero`` still lists it in ``(..., a)`` order).
+        """
+        ux, ix = points[:, 0].unique(return_inverse=True)
+        uy, iy = points[:, 1].unique(return_inverse=True)
+        x1, y1, x2, y2 = boxes.reshape(-1, 4).unbind(-1)  # (R,) each
+        ux, uy = ux.unsqueeze(-1), uy.unsqueeze(-1)
+        in_x = ((ux - x1) > _INSIDE_EPS) & ((x2 - ux) > _INSIDE_EPS)  # (Ux, R)
+        in_y = ((uy - y1) > _INSIDE_EPS) & ((y2 - uy) > _INSIDE_EPS)  # (Uy, R)
+        inside = in_x.index_select(0, ix) & in_y.index_select(0, iy)  # (A, R)
+        return inside.t().view(*boxes.shape[:-1], points.shape[0])
 
     def _pair_metrics(
         self,
-        pb: torch.Tensor,
-        pj: torch.Tensor,
+        prow: torch.Tensor,
         pa: torch.Tensor,
+        row_b: torch.Tensor,
+        row_boxes: torch.Tensor,
+        row_labels: torch.Tensor,
         scores: torch.Tensor,
         pboxes: torch.Tensor,
-        labels: torch.Tensor,
-        gboxes: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clamped CIoU and alignment metric ``(P,)`` of the candidate pairs ``(pb, pj, pa)``.
+        """Clamped CIoU and alignment metric ``(P,)`` of the candidate pairs.
 
-        Computed on one flat list in ``(b, j, a)`` order in both paths: elementwise kernels may round
-        differently in their vectorized body and scalar tail, so the list layout must not depend on the path.
+        Pair ``i`` is anchor ``pa[i]`` of GT row ``r = prow[i]``: image ``row_b[r]``, box ``row_boxes[r]``, class
+        ``row_labels[r]``. Both paths pass the same flat list (``(b, j, a)`` order), and it is processed in fixed
+        blocks of :data:`_PAIR_BLOCK_CPU` pairs (:data:`_PAIR_BLOCK_OTHER` off CPU), so every elementwise op sees
+        the same tensors in both paths: CPU kernels may round differently in their vectorized body and scalar
+        tail, so the layout must depend neither on the path nor on ``max_pairs``. The blocks also bound the
+        temporaries (gathered boxes and CIoU's intermediates, ~170 bytes per pair) to one block.
         """
-        iou = box_ciou(gboxes[pb, pj], pboxes[pb, pa], eps=_IOU_EPS).clamp_(0)
-        s = scores[pb, pa, labels[pb, pj]]
-        if self._logits:
-            s = s.sigmoid()
-        metric = s.pow(self.alpha) * iou.pow(self.beta)
+        B, A, _ = scores.shape
+        P = pa.numel()
+        iou = torch.empty(P, dtype=scores.dtype, device=scores.device)
+        metric = torch.empty_like(iou)
+        flat_pboxes = pboxes.reshape(B * A, 4)
+        for lo, hi in _blocks(P, scores.device):
+            r, a = prow[lo:hi].long(), pa[lo:hi].long()
+            b = row_b.index_select(0, r)
+            block_iou = box_ciou(
+                row_boxes.index_select(0, r), flat_pboxes.index_select(0, b * A + a), eps=_IOU_EPS
+            ).clamp_(0)
+            s = scores[b, a, row_labels.index_select(0, r)]
+            del r, a, b
+            if self._logits:
+                s = s.sigmoid()
+            torch.mul(s.pow(self.alpha), block_iou.pow(self.beta), out=metric[lo:hi])
+            iou[lo:hi] = block_iou
         return iou, metric
 
     def _finalize(
@@ -419,13 +457,17 @@ class TaskAlignedAssigner:
         k = min(self.topk, A)
         dtype = scores.dtype
 
-        in_gts = self._inside(points, self._candidate_boxes(gboxes)) & gt_mask.unsqueeze(-1)  # (B, M, A)
-        pb, pj, pa = in_gts.nonzero(as_tuple=True)
-        iou, metric = self._pair_metrics(pb, pj, pa, scores, pboxes, labels, gboxes)
+        in_gts = (self._inside(points, self._candidate_boxes(gboxes)) & gt_mask.unsqueeze(-1)).contiguous()
+        prow, pa = in_gts.view(B * M, A).nonzero(as_tuple=True)  # (B, M, A) seen as rows b * M + j
+        row_b = torch.arange(B, device=scores.device).repeat_interleave(M)
+        iou, metric = self._pair_metrics(
+            prow, pa, row_b, gboxes.reshape(B * M, 4), labels.reshape(B * M), scores, pboxes
+        )
         overlaps = torch.zeros(B, M, A, dtype=dtype, device=scores.device)
-        overlaps[pb, pj, pa] = iou
+        overlaps.view(B * M, A)[prow, pa] = iou
         align = torch.zeros(B, M, A, dtype=dtype, device=scores.device)
-        align[pb, pj, pa] = metric
+        align.view(B * M, A)[prow, pa] = metric
+        del prow, pa, iou, metric
 
         topk_idx = align.topk(k, dim=-1, largest=True).indices  # (B, M, k)
         mask_topk = torch.zeros(B, M, A, dtype=torch.bool, device=scores.device).scatter_(-1, topk_idx, True)
@@ -464,56 +506,80 @@ class TaskAlignedAssigner:
         dtype, device = scores.dtype, scores.device
         rows = max(1, self.max_pairs // A)
 
-        # Real GT rows in (b, j) order; candidates chunk by chunk -> flat pairs in (b, j, a) order.
+        # Real GT rows in (b, j) order; candidates chunk by chunk -> flat pairs in (b, j, a) order, stored as
+        # (GT row, anchor) in int32 where everything fits (8 bytes per pair; every later pass goes by blocks).
         vb, vj = gt_mask.nonzero(as_tuple=True)
         n_rows = vb.numel()
+        itype = torch.int32 if max(n_rows, M, B * A) <= torch.iinfo(torch.int32).max else torch.long
         cand_boxes = self._candidate_boxes(gboxes[vb, vj])  # (N, 4)
         pair_row, pair_a, bounds = [], [], [0]
         for r0 in range(0, n_rows, rows):
             r, a = self._inside(points, cand_boxes[r0 : r0 + rows]).nonzero(as_tuple=True)
-            pair_row.append(r + r0)
-            pair_a.append(a)
+            pair_row.append((r + r0).to(itype))
+            pair_a.append(a.to(itype))
             bounds.append(bounds[-1] + r.numel())
+            del r, a
         prow = torch.cat(pair_row)
         pa = torch.cat(pair_a)
-        pb, pj = vb[prow], vj[prow]
-        iou, metric = self._pair_metrics(pb, pj, pa, scores, pboxes, labels, gboxes)
+        del pair_row, pair_a, cand_boxes
+        P = pa.numel()
+        iou, metric = self._pair_metrics(prow, pa, vb, gboxes[vb, vj], labels[vb, vj], scores, pboxes)
 
-        # Top-k per GT row over all A anchors (zeros included), one chunk of rows at a time.
-        pos = torch.zeros(prow.numel(), dtype=torch.bool, device=device)
+        # Top-k per GT row over all A anchors (zeros included), one chunk of rows at a time. Once a chunk is
+        # done its pairs are re-identified, in the same storage, by anchor key b * A + a and GT slot j.
+        pos = torch.empty(P, dtype=torch.bool, device=device)
+        pkey, pj = pa, prow
         for c, r0 in enumerate(range(0, n_rows, rows)):
             lo, hi = bounds[c], bounds[c + 1]
             n = min(rows, n_rows - r0)
-            local = prow[lo:hi] - r0
-            dense = torch.zeros(n, A, dtype=dtype, device=device)
-            dense[local, pa[lo:hi]] = metric[lo:hi]
-            idx = dense.topk(k, dim=-1, largest=True).indices
+            r, a = prow[lo:hi].long(), pa[lo:hi].long()
+            flat = (r - r0) * A + a  # position in the chunk's (n, A) rows
+            dense = torch.zeros(n * A, dtype=dtype, device=device)
+            dense[flat] = metric[lo:hi]
+            idx = dense.view(n, A).topk(k, dim=-1, largest=True).indices
+            del dense
             chosen = torch.zeros(n, A, dtype=torch.bool, device=device).scatter_(-1, idx, True)
-            pos[lo:hi] = chosen[local, pa[lo:hi]]
-            del dense, chosen
+            pos[lo:hi] = chosen.view(-1)[flat]
+            key, slot = vb[r] * A + a, vj[r]  # read r and a before overwriting their storage
+            pkey[lo:hi] = key
+            pj[lo:hi] = slot
+            del r, a, flat, idx, chosen, key, slot
+        del prow, pa
 
-        # Anchor-level bookkeeping over keys b * A + a.
-        key = pb * A + pa
-        claims = torch.zeros(B * A, dtype=torch.long, device=device).index_add_(0, key[pos], torch.ones_like(key[pos]))
+        # Anchor-level bookkeeping over keys b * A + a, by blocks of pairs, in three passes: claims and the
+        # anchors' max IoU; winners (need the final max); kept pairs (need the final winners).
+        blocks = _blocks(P, device)
+        claims = torch.zeros(B * A, dtype=torch.int32, device=device)
+        col_max = torch.zeros(B * A, dtype=dtype, device=device)
+        for lo, hi in blocks:
+            key = pkey[lo:hi].long()
+            claimed = key[pos[lo:hi]]
+            claims.index_add_(0, claimed, torch.ones_like(claimed, dtype=torch.int32))
+            col_max.scatter_reduce_(0, key, iou[lo:hi], reduce="amax", include_self=True)
         multi = claims > 1
-        col_max = torch.zeros(B * A, dtype=dtype, device=device).scatter_reduce_(
-            0, key, iou, reduce="amax", include_self=True
-        )
-        best = iou == col_max[key]
-        winner = torch.full((B * A,), M, dtype=torch.long, device=device).scatter_reduce_(
-            0, key[best], pj[best], reduce="amin", include_self=True
-        )
+        fg = claims > 0
+        single = fg & ~multi  # claims == 1
+        del claims
+        winner = torch.full((B * A,), M, dtype=torch.long, device=device)
+        for lo, hi in blocks:
+            key = pkey[lo:hi].long()
+            best = (iou[lo:hi] == col_max[key]).nonzero().squeeze(1)
+            winner.scatter_reduce_(0, key[best], pj[lo:hi][best].long(), reduce="amin", include_self=True)
         first_real = gt_mask.to(torch.uint8).argmax(1).repeat_interleave(A)  # (B * A,)
         winner = torch.where(col_max > 0, winner, first_real)
+        del col_max, first_real
         # A pair is kept if it is its anchor's only claim, or the winner of a multiply-claimed anchor.
-        keep = (pos & (claims[key] == 1)) | (multi[key] & (pj == winner[key]))
         gt_index = torch.where(multi, winner, torch.zeros_like(winner))
-        gt_index[key[keep]] = pj[keep]
-        fg = claims > 0
         anchor_align = torch.zeros(B * A, dtype=dtype, device=device)
-        anchor_align[key[keep]] = metric[keep]
         anchor_iou = torch.zeros(B * A, dtype=dtype, device=device)
-        anchor_iou[key[keep]] = iou[keep]
+        for lo, hi in blocks:
+            key, j = pkey[lo:hi].long(), pj[lo:hi].long()
+            keep = ((pos[lo:hi] & single[key]) | (multi[key] & (j == winner[key]))).nonzero().squeeze(1)
+            kept = key[keep]
+            gt_index[kept] = j[keep]
+            anchor_align[kept] = metric[lo:hi][keep]
+            anchor_iou[kept] = iou[lo:hi][keep]
+        del pkey, pj, iou, metric, pos, winner, single, multi
 
         # Per-GT maxima over the final positives, then the normalized target.
         b_of_anchor = torch.arange(B, device=device).repeat_interleave(A)

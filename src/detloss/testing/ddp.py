@@ -15,6 +15,7 @@ from torch import nn
 
 
 def _entry(rank: int, world: int, workdir: str, fn: Callable[..., Any], args: tuple) -> None:
+    code = 0
     try:
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"file://{workdir}/rendezvous", rank=rank, world_size=world)
@@ -26,7 +27,10 @@ def _entry(rank: int, world: int, workdir: str, fn: Callable[..., Any], args: tu
     except BaseException:
         with open(os.path.join(workdir, f"error{rank}.txt"), "w") as f:
             f.write(traceback.format_exc())
-        raise
+        code = 1
+    # Skip interpreter teardown: gloo's threads occasionally abort it ("terminate called without an
+    # active exception") after the work is done and saved, which would fail a finished rank.
+    os._exit(code)
 
 
 def spawn_gloo(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 300.0) -> list[Any]:
