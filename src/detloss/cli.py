@@ -2,11 +2,18 @@
 
     detloss train [--config run.yaml] [key.sub=value ...]   # train on the built-in shapes by default
     detloss compare RUN_A RUN_B                             # overlay two runs: figure and table
+    detloss doctor [--config run.yaml] [key.sub=value ...] [--steps 50] [--json out.json] [--run RUN]
     detloss report [--preset ultralytics] [--normalizer cls=mean] [--polygons 8] [--bg max]
     detloss                                                 # same as `detloss report`
 
 ``report`` prints a criterion's loss report on a synthetic batch with each term's gradient norm,
 so one choice at a time can be tried and measured.
+
+``doctor`` trains the configured run (default: the shapes polygon detector) for ``--steps`` steps with
+gradient accounting on the head outputs every ``--every`` steps, or reads a finished run folder with
+``--run``; prints each term's value, normalizer, weight, gradient norm, share and dead fraction, the
+shares over the steps, and the findings with their fixes (GRAD_DOMINANCE, DEAD_GRADIENT, NONFINITE,
+NORMALIZER_SKEW, DETECTION_COLLAPSE, PLATEAU). Exit code 1 when a finding is an error.
 """
 
 from __future__ import annotations
@@ -57,6 +64,15 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default=None, help="YAML file (default: the built-in shapes run)")
     train.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. RUN/last.pt)")
     train.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. optim.lr=0.01 loss.weights.cls=1")
+    doctor = sub.add_parser("doctor", help="a few training steps with gradient accounting, and the findings")
+    doctor.add_argument("--config", default=None, help="YAML file (default: the built-in shapes run)")
+    doctor.add_argument("--steps", type=int, default=50, help="training steps to run (default 50)")
+    doctor.add_argument("--every", type=int, default=None, help="account every N steps (default: steps // 5)")
+    doctor.add_argument("--json", default=None, metavar="OUT.json", help="write the account and the findings")
+    doctor.add_argument("--run", default=None, metavar="RUN_DIR", help="diagnose a finished run's logs instead")
+    doctor.add_argument("--out", default=None, help="folder for the doctor's files (default: OUT_DIR/doctor)")
+    doctor.add_argument("--no-eval", action="store_true", help="skip the detections-per-image evaluations")
+    doctor.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. loss.weights.cls=0.1")
     compare = sub.add_parser("compare", help="overlay two runs")
     compare.add_argument("runs", nargs=2, metavar="RUN")
     compare.add_argument("--out", default=None, help="folder for the figure (default: the first run)")
@@ -117,7 +133,34 @@ def train(args: argparse.Namespace) -> int:
     if trainer.dist.is_main:
         print(f"\nrun folder: {trainer.out}")
         print(metrics_table(metrics))
+        if config.doctor is not None:
+            from detloss.diagnose.doctor import read_run
+
+            print("\n" + read_run(trainer.out, config.doctor).summary())
     return 0
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """``detloss doctor``: exit code 1 if a finding is an error, else 0."""
+    from pathlib import Path
+
+    from detloss.diagnose.doctor import read_run, run_doctor
+    from detloss.train.config import load_config
+
+    if args.run is not None:
+        run = Path(args.run)
+        saved = run / "config.yaml"
+        config = load_config(saved if saved.is_file() else args.config, args.overrides)
+        result = read_run(run, config.doctor)
+    else:
+        config = load_config(args.config, args.overrides)
+        out = args.out or str(Path(config.out_dir) / "doctor")
+        result = run_doctor(config.model_copy(update={"out_dir": out}), args.steps, args.every, not args.no_eval)
+    print(result.summary())
+    print(f"\nfiles: {result.out}")
+    if args.json:
+        print(f"json: {result.write_json(args.json)}")
+    return result.exit_code()
 
 
 def metrics_table(metrics: dict[str, float]) -> str:
@@ -143,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["report", *argv]
     args = parser().parse_args(argv)
-    commands = {"report": print_report, "train": train, "compare": compare}
+    commands = {"report": print_report, "train": train, "compare": compare, "doctor": doctor}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as err:

@@ -89,11 +89,42 @@ class ModelConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    every_epochs: int = 1
+    every_epochs: int = 2
     conf: float = 0.25  # precision / recall / detections-per-image threshold
     nms_iou: float = 0.6
     max_det: int = 100
     plots: bool = True
+
+
+class BalanceConfig(_Strict):
+    """Automatic term weighting (:mod:`detloss.diagnose.balancers`): each balanced term's weight is its
+    ``loss.weights`` value times a multiplier the balancer sets every step (logged as ``<term>/weight``)."""
+
+    kind: Literal["fixed", "uncertainty", "gradnorm", "ema_norm"] = "fixed"
+    terms: list[str] | None = None  # the balanced terms; None: all of the criterion's
+    targets: dict[str, float] = Field(default_factory=dict)  # gradnorm, ema_norm: gradient-norm ratios (default 1)
+    every_steps: int | None = Field(None, ge=1)  # gradnorm, ema_norm: measure every N steps (None: 1 / 10)
+    alpha: float = Field(1.5, ge=0)  # gradnorm: restoring force toward equal training rates
+    lr: float = Field(0.025, gt=0)  # gradnorm: step on log(multiplier) per update
+    ema: float = Field(0.9, ge=0, lt=1)  # ema_norm: EMA decay of the measured norms
+    rate: float = Field(0.5, gt=0, le=1)  # ema_norm: fraction of the log-gap to the target closed per update
+    max_step: float = Field(2.0, gt=1)  # ema_norm: largest factor a multiplier changes by per update
+    weight_bounds: tuple[float, float] = (0.01, 100.0)  # gradnorm, ema_norm: multiplier clamp
+    log_var_bounds: tuple[float, float] = (-4.0, 4.0)  # uncertainty: (lo, hi) of each log-variance s
+    log_var_lr: float | None = None  # uncertainty: learning rate of the log-variances (None: optim.lr)
+
+
+class DoctorConfig(_Strict):
+    """The loss doctor during training (:mod:`detloss.diagnose.doctor`): gradient accounting on the head
+    outputs every ``every_steps`` steps (main rank) into ``doctor.csv``, and the findings' thresholds."""
+
+    every_steps: int | None = Field(None, ge=1)  # None: no accounting while training
+    dominance: float = Field(0.9, gt=0, lt=1)  # GRAD_DOMINANCE: share above which one term dominates
+    target_ratio: float = Field(1.0, gt=0)  # GRAD_DOMINANCE: the ratio the recommended weights aim at
+    dead: float = Field(0.5, ge=0, lt=1)  # DEAD_GRADIENT: dead fraction threshold
+    skew_ratio: float = Field(10.0, gt=1)  # NORMALIZER_SKEW: max/min (and train/val) ratio
+    plateau_window: int = Field(100, ge=2)  # PLATEAU: steps in the fitted window
+    plateau_tolerance: float = Field(0.05, ge=0)  # PLATEAU: relative decrease that counts as learning
 
 
 class TrainConfig(_Strict):
@@ -112,6 +143,8 @@ class TrainConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    doctor: DoctorConfig | None = None
 
 
 def _set(tree: dict, dotted: str, raw: str) -> None:

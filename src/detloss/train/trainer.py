@@ -14,6 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detloss.criteria.dense import BackgroundPenalty, DenseCriterion
 from detloss.data.collate import collate
+from detloss.diagnose.balancers import Balancer, build_balancer
+from detloss.diagnose.doctor import Doctor
 from detloss.models import TinyDetector
 from detloss.report import LossReport
 from detloss.schedule import WarmupSchedule
@@ -87,6 +89,10 @@ class Trainer:
 
     Under ``torchrun`` each rank takes its slice of every global batch of ``batch_size`` images; the
     criterion's normalizers are reduced across ranks, so the step equals one process on the whole batch.
+
+    ``config.balance`` picks a term balancer (:mod:`detloss.diagnose.balancers`) that sets the criterion's
+    weights before each forward (logged per step as ``<term>/weight``); ``config.doctor.every_steps`` runs
+    gradient accounting on the head outputs every N steps on the main rank into ``doctor.csv``.
     """
 
     def __init__(self, config: TrainConfig, resume: str | Path | None = None) -> None:
@@ -107,7 +113,13 @@ class Trainer:
             self.runner = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
+        self.base_weights = dict(self.criterion.weights)
+        self.balancer: Balancer = build_balancer(config.balance, self.criterion.terms).to(device)
         self.optimizer = build_optimizer(self.model, config.optim)
+        learned = list(self.balancer.parameters())
+        if learned:  # uncertainty weighting's log-variances
+            lr = config.balance.log_var_lr or config.optim.lr
+            self.optimizer.add_param_group({"params": learned, "lr": lr, "weight_decay": 0.0, "name": "balance"})
         self.base_lrs = [g.get("lr", config.optim.lr) for g in self.optimizer.param_groups]
         self.ema = ModelEMA(self.model, config.optim.ema_decay) if config.optim.ema_decay else None
         self.steps_per_epoch = len(self.train_set) // config.batch_size
@@ -124,6 +136,9 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(config, self.out / "config.yaml")
+        self.doctor: Doctor | None = None  # gradient accounting, main rank only
+        if config.doctor is not None and config.doctor.every_steps and self.dist.is_main:
+            self.doctor = Doctor.from_config(config.doctor, self.out / "doctor.csv")
         self.dist.barrier()
         if resume is not None:
             self.load(resume)
@@ -155,13 +170,28 @@ class Trainer:
         factor = lr_factor(self.step, self.total_steps, self.cfg.optim)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
+        balanced = self.balancer.kind != "fixed"
+        if balanced:
+            self.criterion.weights.update(self.base_weights)
         self.criterion.set_epoch(self.step / self.steps_per_epoch)
+        if balanced:  # before the forward, so the report records the weights used
+            self.criterion.weights.update(self.balancer.weights(self.criterion.weights))
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
         with autocast:
             feats = self.runner(images)
-        report = self.criterion([f.float() for f in feats], targets)
+        feats = [f.float() for f in feats]
+        report = self.criterion(feats, targets)
+        if self.doctor is not None and self.doctor.due(self.step):
+            self.doctor.measure(self.step + 1, report, feats, self.criterion, targets)
+        if self.balancer.due(self.step):
+            self.balancer.update(report, feats)  # sets the next step's weights
+        total = report.total
+        extra = self.balancer.regularizer(report)
+        if extra is not None:
+            total = total + extra
         self.optimizer.zero_grad(set_to_none=True)
-        report.total.backward()
+        total.backward()
+        self._average_balancer_grads()
         if self.cfg.optim.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
@@ -169,6 +199,15 @@ class Trainer:
             self.ema.update(self.model)
         self.step += 1
         return report
+
+    def _average_balancer_grads(self) -> None:
+        """DDP averages the model's gradients; do the same for the balancer's parameters."""
+        if self.dist.world_size == 1:
+            return
+        for p in self.balancer.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.dist.world_size
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -192,6 +231,7 @@ class Trainer:
                     sums[key] = sums.get(key, 0.0) + value
                 if main:
                     row = {"step": self.step, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **flat}
+                    row.update(self.balancer.log())
                     steps_log.write(row)
                     board.scalars({f"train/{k}": v for k, v in flat.items()}, self.step)
                     progress.update(i, " ".join(f"{n}={flat[n]:.3g}" for n in report))
@@ -232,6 +272,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "criterion": self.criterion.state_dict(),
+            "balancer": self.balancer.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "config": self.cfg.model_dump(mode="json"),
         }
@@ -247,6 +288,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.criterion.load_state_dict(state["criterion"])
+        if state.get("balancer") is not None:  # checkpoints from before balancers have none
+            self.balancer.load_state_dict(state["balancer"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.step = state["step"]
