@@ -233,10 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     for c in cases:  # the naive loss and the preset compute the same numbers
         a, b = results[(c, "naive")], results[(c, "ultralytics")]
         rel = max(abs(a["terms"][k] / b["terms"][k] - 1) for k in a["terms"])
-        print(
-            f"case {c}: naive vs preset: max relative term difference {rel:.1e}, "
-            f"fg {a['fg']} vs {b['fg']}"
-        )
+        print(f"case {c}: naive vs preset: max relative term difference {rel:.1e}, fg {a['fg']} vs {b['fg']}")
 
 
 if __name__ == "__main__":
