@@ -46,8 +46,9 @@ def plot_losses(run: Path) -> Path:
         axes[1].plot(s, values, label=name)
     axes[1].set(title="normalizer D per step", xlabel="step", yscale="log")
     for key in ("val/map50", "val/map", "val/poly_map50", "val/poly_map"):
-        if key in epochs[0]:
-            axes[2].plot(x, [r[key] for r in epochs], marker="o", label=key[4:])
+        points = [(r["epoch"], r[key]) for r in epochs if key in r and not math.isnan(r[key])]
+        if points:
+            axes[2].plot(*zip(*points, strict=True), marker="o", label=key[4:])
     axes[2].set(title="validation AP", xlabel="epoch", ylim=(0, 1))
     for ax in axes:
         ax.legend(fontsize=8)
@@ -76,6 +77,8 @@ def plot_predictions(run: Path, images: torch.Tensor, preds: list[dict], conf: f
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=c, lw=1))
             if "polygons" in pred:
                 poly = pred["polygons"][j]
+                if "polygon_valid" in pred:  # hull vertices first, padding after
+                    poly = poly[pred["polygon_valid"][j]]
                 ax.add_patch(plt.Polygon(poly.numpy(), closed=True, fill=False, color=c, lw=1.5, ls="--"))
             label = names[int(pred["labels"][j])] if names else str(int(pred["labels"][j]))
             ax.text(x1, y1, f"{label} {float(pred['scores'][j]):.2f}", color=c, fontsize=6)
