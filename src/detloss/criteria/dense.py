@@ -7,12 +7,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from detloss.assign.anchors import bbox2dist, dist2bbox, make_anchors
 from detloss.assign.task_aligned import TaskAlignedAssigner, ultralytics_min_candidate_size
 from detloss.criteria.head_outputs import HeadOutputs
 from detloss.criteria.targets import pad_targets
+from detloss.criteria.terms import TermCriterion
 from detloss.functional import classification as cls_losses
 from detloss.functional.background import focal_background, max_score_penalty
 from detloss.functional.dfl import distribution_focal
@@ -20,8 +21,8 @@ from detloss.functional.iou import iou_loss
 from detloss.functional.polygon import mgiou_loss
 from detloss.functional.regression import l1, mse
 from detloss.functional.sparse_bce import bce_with_sparse_targets
-from detloss.normalize import build_normalizers, denominators
-from detloss.report import LossReport, make_term
+from detloss.normalize import denominators
+from detloss.report import LossReport
 from detloss.schedule import WarmupSchedule
 
 CLS_LOSSES = {
@@ -99,7 +100,7 @@ class DenseTargets:
     polygon_valid: Tensor | None = None
 
 
-class DenseCriterion(nn.Module):
+class DenseCriterion(TermCriterion):
     """Loss of an anchor-free dense detector head (YOLOv8 layout), returning a :class:`LossReport`.
 
     Args:
@@ -192,23 +193,13 @@ class DenseCriterion(nn.Module):
             max_pairs=max_assign_pairs,
         )  # fmt: skip
 
-        self.terms = ["box", "cls", "dfl"] + (["poly"] if num_vertices else []) + (["bg"] if background else [])
-        self.weights = {t: DEFAULT_WEIGHTS[t] for t in self.terms}
-        self.weights.update(self._known("weights", weights or {}))
-        specs = {t: DEFAULT_NORMALIZERS[t] for t in self.terms}
-        specs.update(self._known("normalizers", normalizers or {}))
-        self.normalizers = build_normalizers(specs)
+        terms = ["box", "cls", "dfl"] + (["poly"] if num_vertices else []) + (["bg"] if background else [])
+        self.setup_terms(terms, DEFAULT_WEIGHTS, DEFAULT_NORMALIZERS, weights, normalizers)
         cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         if cw is not None and cw.shape != (num_classes,):
             raise ValueError(f"class_weights must have shape ({num_classes},), got {tuple(cw.shape)}")
         self.register_buffer("class_weights", cw)
         self.register_buffer("bins", torch.arange(reg_max, dtype=torch.float32), persistent=False)
-
-    def _known(self, what: str, given: Mapping[str, object]) -> Mapping[str, object]:
-        unknown = set(given) - set(self.terms)
-        if unknown:
-            raise ValueError(f"{what} has unknown terms {sorted(unknown)}; this criterion's terms are {self.terms}")
-        return given
 
     @property
     def num_channels(self) -> int:
@@ -224,6 +215,7 @@ class DenseCriterion(nn.Module):
         head = self._split(feats)
         t = self._assign(head, targets)
         fg = t.fg
+        num_pos = fg.sum()
         denom = denominators(self.normalizers, self._counts(t, head), device=fg.device)
         anchor = head.cls[0]  # any prediction tensor: keeps empty terms attached to the graph
 
@@ -231,22 +223,22 @@ class DenseCriterion(nn.Module):
         pos_ltrb = self._decode(pos_logits)
         terms = {}
         box_el = iou_loss(dist2bbox(pos_ltrb, t.points), t.boxes, kind=self.box_loss)
-        terms["box"] = self._term("box", box_el, denom, t.weight, fg, anchor)
+        terms["box"] = self._term("box", box_el, denom, weights=t.weight, num_pos=num_pos, anchor=anchor)
         cls_el = self._cls_elements(head, t)
         num_cls = head.batch_size * head.num_anchors * self.num_classes
-        terms["cls"] = self._term("cls", cls_el, denom, None, fg, anchor, num_elements=num_cls)
+        terms["cls"] = self._term("cls", cls_el, denom, num_pos=num_pos, anchor=anchor, num_elements=num_cls)
         target_ltrb = bbox2dist(t.points, t.boxes)
         if self.reg_max > 1:
             dfl_el = distribution_focal(pos_logits.reshape(-1, self.reg_max), target_ltrb.reshape(-1)).view(-1, 4)
         else:
             dfl_el = l1(pos_ltrb, target_ltrb)
-        terms["dfl"] = self._term("dfl", dfl_el.mean(-1), denom, t.weight, fg, anchor)
+        terms["dfl"] = self._term("dfl", dfl_el.mean(-1), denom, weights=t.weight, num_pos=num_pos, anchor=anchor)
         if self.num_vertices:
             offsets = head.gather(head.poly, t.image, t.anchor).float().view(-1, self.num_vertices, 2)
             poly_el = self._polygon_elements(t.points[:, None, :] + offsets, t.polygons, t.polygon_valid)
-            terms["poly"] = self._term("poly", poly_el, denom, t.weight, fg, head.poly[0])
+            terms["poly"] = self._term("poly", poly_el, denom, weights=t.weight, num_pos=num_pos, anchor=head.poly[0])
         if self.background is not None:
-            terms["bg"] = self._term("bg", self._background_elements(head, fg), denom, None, fg, anchor)
+            terms["bg"] = self._term("bg", self._background_elements(head, fg), denom, num_pos=num_pos, anchor=anchor)
         return LossReport(terms, scale=head.batch_size if self.preset == "ultralytics" else 1)
 
     def assign(self, feats: Sequence[Tensor], targets: Mapping[str, Tensor]) -> DenseTargets:
@@ -329,28 +321,6 @@ class DenseCriterion(nn.Module):
             counts[term] = {"num_elements": num_pos}
         counts["bg"] = {"num_elements": b * a - num_pos}
         return counts
-
-    def _term(
-        self,
-        name: str,
-        elements: Tensor | list[Tensor],
-        denom: dict,
-        weights: Tensor | None,
-        fg: Tensor,
-        anchor: Tensor,
-        num_elements: int | None = None,
-    ):
-        return make_term(
-            name,
-            elements,
-            denom[name],
-            self.normalizers[name].spec,
-            weights=weights,
-            weight=self.weights[name],
-            num_pos=fg.sum(),
-            anchor=anchor,
-            num_elements=num_elements,
-        )
 
     def _cls_elements(self, head: HeadOutputs, t: DenseTargets) -> list[Tensor]:
         """Per anchor-class losses against the soft targets: one ``(B, C, HW)`` piece per level.

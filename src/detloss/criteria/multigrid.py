@@ -7,17 +7,18 @@ positive nor negative, e.g. near an object) and the rest (negative).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from detloss._checks import check_tensor
+from detloss.criteria.terms import TermCriterion
 from detloss.functional.classification import bce_with_logits, softmax_cross_entropy
 from detloss.functional.regression import l1, mse, smooth_l1
-from detloss.normalize import build_normalizers, denominators
-from detloss.report import LossReport, make_term
+from detloss.normalize import denominators
+from detloss.report import LossReport
 
 __all__ = ["DEFAULT_NORMALIZERS", "DEFAULT_WEIGHTS", "MultigridCriterion"]
 
@@ -29,14 +30,7 @@ LOC_LOSSES = {"mse": mse, "l1": l1, "smooth_l1": smooth_l1}
 CLS_LOSSES = ("bce", "ce")
 
 
-def _known(terms: Sequence[str], what: str, given: Mapping[str, object]) -> Mapping[str, object]:
-    unknown = set(given) - set(terms)
-    if unknown:
-        raise ValueError(f"{what} has unknown terms {sorted(unknown)}; this criterion's terms are {list(terms)}")
-    return given
-
-
-class MultigridCriterion(nn.Module):
+class MultigridCriterion(TermCriterion):
     """Per-cell loss of a grid detector, returning a :class:`LossReport` (``loc``, ``obj``, ``cls``).
 
     With ``object`` = ``object_mask`` and ``active = object | ~ignore_mask`` (an object cell is
@@ -116,12 +110,7 @@ class MultigridCriterion(nn.Module):
         if cls_loss not in CLS_LOSSES:
             raise ValueError(f"cls_loss must be one of {CLS_LOSSES}, got {cls_loss!r}")
         self.num_classes = int(num_classes)
-        self.terms = list(TERMS)
-        self.weights = dict(DEFAULT_WEIGHTS)
-        self.weights.update(_known(TERMS, "weights", weights or {}))
-        specs = dict(DEFAULT_NORMALIZERS)
-        specs.update(_known(TERMS, "normalizers", normalizers or {}))
-        self.normalizers = build_normalizers(specs)
+        self.setup_terms(TERMS, DEFAULT_WEIGHTS, DEFAULT_NORMALIZERS, weights, normalizers)
         self.loc_loss = loc_loss
         self.beta = float(beta)
         self.cls_loss = cls_loss
@@ -185,19 +174,8 @@ class MultigridCriterion(nn.Module):
         else:
             cls_el = softmax_cross_entropy(cls[fg], labels)
         terms = {
-            "loc": self._term("loc", loc_el, denom, num_pos, loc),
-            "obj": self._term("obj", obj_el, denom, num_pos, obj),
-            "cls": self._term("cls", cls_el, denom, num_pos, cls),
+            "loc": self._term("loc", loc_el, denom, num_pos=num_pos, anchor=loc),
+            "obj": self._term("obj", obj_el, denom, num_pos=num_pos, anchor=obj),
+            "cls": self._term("cls", cls_el, denom, num_pos=num_pos, anchor=cls),
         }
         return LossReport(terms)
-
-    def _term(self, name: str, elements: Tensor, denom: Mapping[str, Tensor], num_pos: Tensor, anchor: Tensor):
-        return make_term(
-            name,
-            elements,
-            denom[name],
-            self.normalizers[name].spec,
-            weight=self.weights[name],
-            num_pos=num_pos,
-            anchor=anchor,
-        )

@@ -23,16 +23,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from detloss._checks import check_tensor
 from detloss.assign.box_coder import encode_deltas
 from detloss.assign.max_iou import MaxIoUAssigner
 from detloss.assign.sampler import RandomSampler, hashed_keys, image_keys, rank_in_bucket
+from detloss.criteria.terms import TermCriterion
 from detloss.functional.classification import bce_with_logits, softmax_cross_entropy
 from detloss.functional.regression import smooth_l1
-from detloss.normalize import build_normalizers, denominators
-from detloss.report import LossReport, make_term
+from detloss.normalize import denominators
+from detloss.report import LossReport
 
 __all__ = [
     "DEFAULT_NORMALIZERS",
@@ -165,14 +166,7 @@ class ROITargets:
         return self.pos | self.neg
 
 
-def _known(terms: Sequence[str], what: str, given: Mapping[str, object]) -> Mapping[str, object]:
-    unknown = set(given) - set(terms)
-    if unknown:
-        raise ValueError(f"{what} has unknown terms {sorted(unknown)}; this criterion's terms are {list(terms)}")
-    return given
-
-
-class ROICriterion(nn.Module):
+class ROICriterion(TermCriterion):
     """Loss of an R-CNN box (and mask) head, returning a :class:`LossReport` (``cls``, ``box`` [, ``mask``]).
 
     ROIs (proposals, with GT boxes added by the model if wanted, as mmdet's ``add_gt_as_proposals``)
@@ -247,12 +241,8 @@ class ROICriterion(nn.Module):
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         self.num_classes = int(num_classes)
-        self.terms = ["cls", "box"] + (["mask"] if with_mask else [])
-        self.weights = {t: DEFAULT_WEIGHTS[t] for t in self.terms}
-        self.weights.update(_known(self.terms, "weights", weights or {}))
-        specs = {t: DEFAULT_NORMALIZERS[t] for t in self.terms}
-        specs.update(_known(self.terms, "normalizers", normalizers or {}))
-        self.normalizers = build_normalizers(specs)
+        terms = ["cls", "box"] + (["mask"] if with_mask else [])
+        self.setup_terms(terms, DEFAULT_WEIGHTS, DEFAULT_NORMALIZERS, weights, normalizers)
         self.fg_weight = float(fg_weight)
         self.label_smoothing = float(label_smoothing)
         self.mask_size = int(mask_size)
@@ -342,28 +332,16 @@ class ROICriterion(nn.Module):
         target = encode_deltas(rois[t.index].to(pred.dtype), t.boxes.to(pred.dtype), stds=self.box_stds)
         box_el = smooth_l1(pred, target, beta=self.beta).sum(-1)
         terms = {
-            "cls": self._term("cls", cls_el, denom, num_pos, cls_logits, cls_w),
-            "box": self._term("box", box_el, denom, num_pos, box_deltas),
+            "cls": self._term("cls", cls_el, denom, num_pos=num_pos, anchor=cls_logits, weights=cls_w),
+            "box": self._term("box", box_el, denom, num_pos=num_pos, anchor=box_deltas),
         }
         if self.with_mask:
             mask_cls = labels if mask_logits.shape[1] > 1 else torch.zeros_like(labels)
             mask_pred = mask_logits[t.index, mask_cls]  # (P, S, S)
             mask_target = self.mask_targets(targets, t, rois).to(mask_pred.dtype)
             mask_el = bce_with_logits(mask_pred, mask_target).mean((-2, -1))
-            terms["mask"] = self._term("mask", mask_el, denom, num_pos, mask_logits)
+            terms["mask"] = self._term("mask", mask_el, denom, num_pos=num_pos, anchor=mask_logits)
         return LossReport(terms)
-
-    def _term(self, name, elements, denom, num_pos, anchor, weights=None):
-        return make_term(
-            name,
-            elements,
-            denom[name],
-            self.normalizers[name].spec,
-            weights=weights,
-            weight=self.weights[name],
-            num_pos=num_pos,
-            anchor=anchor,
-        )
 
     @torch.no_grad()
     def assign(

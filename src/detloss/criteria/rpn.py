@@ -10,17 +10,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from detloss._checks import check_tensor
 from detloss.assign.box_coder import decode_deltas, encode_deltas
 from detloss.assign.max_iou import MaxIoUAssigner
 from detloss.assign.sampler import RandomSampler, hashed_keys, image_keys
+from detloss.criteria.terms import TermCriterion
 from detloss.functional.classification import bce_with_logits
 from detloss.functional.iou import iou_loss
 from detloss.functional.regression import smooth_l1
-from detloss.normalize import build_normalizers, denominators
-from detloss.report import LossReport, make_term
+from detloss.normalize import denominators
+from detloss.report import LossReport
 
 __all__ = ["DEFAULT_NORMALIZERS", "DEFAULT_WEIGHTS", "RPNCriterion", "RPNTargets"]
 
@@ -56,14 +57,7 @@ class RPNTargets:
         return self.pos | self.neg
 
 
-def _known(terms: Sequence[str], what: str, given: Mapping[str, object]) -> Mapping[str, object]:
-    unknown = set(given) - set(terms)
-    if unknown:
-        raise ValueError(f"{what} has unknown terms {sorted(unknown)}; this criterion's terms are {list(terms)}")
-    return given
-
-
-class RPNCriterion(nn.Module):
+class RPNCriterion(TermCriterion):
     """RPN loss over anchors shared by a batch of images, returning a :class:`LossReport` (``obj``, ``box``).
 
     Per image, anchors are assigned by :class:`MaxIoUAssigner` ``(pos_iou, neg_iou, min_pos_iou)`` and
@@ -131,12 +125,7 @@ class RPNCriterion(nn.Module):
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
-        self.terms = list(TERMS)
-        self.weights = dict(DEFAULT_WEIGHTS)
-        self.weights.update(_known(TERMS, "weights", weights or {}))
-        specs = dict(DEFAULT_NORMALIZERS)
-        specs.update(_known(TERMS, "normalizers", normalizers or {}))
-        self.normalizers = build_normalizers(specs)
+        self.setup_terms(TERMS, DEFAULT_WEIGHTS, DEFAULT_NORMALIZERS, weights, normalizers)
         self.pos_weight = float(pos_weight)
         self.box_loss = box_loss
         self.beta = float(beta)
@@ -199,21 +188,10 @@ class RPNCriterion(nn.Module):
             beta = self.beta if self.box_loss == "smooth_l1" else 0.0
             box_el = smooth_l1(pred, target, beta=beta).sum(-1)
         terms = {
-            "obj": self._term("obj", obj_el, denom, num_pos, objectness),
-            "box": self._term("box", box_el, denom, num_pos, box_deltas),
+            "obj": self._term("obj", obj_el, denom, num_pos=num_pos, anchor=objectness),
+            "box": self._term("box", box_el, denom, num_pos=num_pos, anchor=box_deltas),
         }
         return LossReport(terms)
-
-    def _term(self, name: str, elements: Tensor, denom: Mapping[str, Tensor], num_pos: Tensor, anchor: Tensor):
-        return make_term(
-            name,
-            elements,
-            denom[name],
-            self.normalizers[name].spec,
-            weight=self.weights[name],
-            num_pos=num_pos,
-            anchor=anchor,
-        )
 
     @torch.no_grad()
     def assign(
