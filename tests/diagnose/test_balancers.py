@@ -17,6 +17,7 @@ from detloss.diagnose.balancers import (
     build_balancer,
     term_grad_norms,
 )
+from detloss.testing.tiny import TINY_RUN
 from detloss.train.config import load_config
 
 ONE = torch.ones(())
@@ -179,22 +180,7 @@ def test_build_balancer_from_config_checks_terms():
 
 # -- in the trainer -----------------------------------------------------------------------------
 
-TINY = [
-    "data.image_size=64",
-    "data.train_images=16",
-    "data.val_images=4",
-    "data.max_objects=2",
-    "model.width=8",
-    "batch_size=4",
-    "loss.reg_max=4",
-    "loss.num_vertices=6",
-    "eval.plots=false",
-    "log_every=1",
-    "threads=1",
-    "epochs=2",
-    "optim.ema_decay=0.9",
-    "optim.warmup_steps=2",
-]
+TINY = [*TINY_RUN, "log_every=1", "epochs=2", "optim.ema_decay=0.9", "optim.warmup_steps=2"]
 
 
 @pytest.mark.parametrize(

@@ -10,18 +10,9 @@ import pytest
 from detloss.cli import main
 from detloss.criteria.dense import DenseCriterion
 from detloss.diagnose.doctor import Doctor, read_measurements
+from detloss.testing.tiny import TINY_RUN
 
-TINY = [
-    "data.image_size=64",
-    "data.train_images=16",
-    "data.val_images=4",
-    "data.max_objects=2",
-    "model.width=8",
-    "batch_size=4",
-    "loss.reg_max=4",
-    "loss.num_vertices=6",
-    "threads=1",
-]
+TINY = [*TINY_RUN]
 TERMS = ("box", "cls", "dfl", "poly")
 
 

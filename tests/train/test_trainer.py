@@ -11,22 +11,11 @@ import pytest
 import torch
 
 from detloss.testing import spawn_gloo
+from detloss.testing.tiny import TINY_RUN
 from detloss.train.config import load_config
 from detloss.train.trainer import Trainer
 
-TINY = [
-    "data.image_size=64",
-    "data.train_images=16",
-    "data.val_images=4",
-    "data.max_objects=2",
-    "model.width=8",
-    "batch_size=4",
-    "loss.reg_max=4",
-    "loss.num_vertices=6",
-    "eval.plots=false",
-    "log_every=1",
-    "threads=1",
-]
+TINY = [*TINY_RUN, "log_every=1"]
 
 
 def _config(tmp: Path, *extra: str):
