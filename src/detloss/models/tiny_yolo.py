@@ -80,9 +80,15 @@ class TinyDetector(nn.Module):
             nn.init.constant_(box[-1].bias, 1.0)  # uniform-ish bins at the start, as YOLOv8
             nn.init.constant_(cls[-1].bias, math.log(0.01 / 0.99))  # prior 1%: the focal-loss init
         if self.poly is not None:
+            # Start every anchor's K vertices on a unit K-gon around it, not all at the anchor point: with
+            # coincident vertices MGIoU's min/max projections pick one vertex, and `detloss doctor` finds
+            # ~90% of the polygon outputs dead at step 1.
+            angle = torch.arange(self.num_vertices) * (2 * math.pi / self.num_vertices)
+            ring = torch.stack((angle.cos(), angle.sin()), -1).flatten()
             for poly in self.poly:
                 nn.init.zeros_(poly[-1].weight)
-                nn.init.zeros_(poly[-1].bias)
+                with torch.no_grad():
+                    poly[-1].bias.copy_(ring)
 
     def head_parameters(self, name: str) -> list[nn.Parameter]:
         """Parameters of one head branch: ``"box"``, ``"cls"`` or ``"poly"`` (for optimizer groups)."""
