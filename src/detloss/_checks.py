@@ -42,6 +42,26 @@ def as_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+def common_float(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both in float32 (:func:`as_float32`), or both in float64 when either is float64."""
+    a, b = as_float32(a), as_float32(b)
+    if a.dtype != b.dtype:
+        a, b = a.double(), b.double()
+    return a, b
+
+
+def check_float_pair(
+    name_a: str, a: object, name_b: str, b: object, trailing: Sequence[int | str | None] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate two floating tensors of one shape ending in ``trailing``, on one device, and return
+    them through :func:`common_float`."""
+    check_trailing(name_a, a, trailing, floating=True)
+    check_trailing(name_b, b, trailing, floating=True)
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+    check_same(name_a, a, name_b, b)
+    return common_float(a, b)
+
+
 def check_trailing(name: str, x: object, trailing: Sequence[int | str | None] = (), *, floating: bool = False) -> None:
     """Raise ``ValueError`` unless ``x`` is a tensor whose last dims match ``trailing``, any leading dims.
 

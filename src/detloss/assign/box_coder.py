@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from detloss._checks import as_float32, check_same, check_trailing
+from detloss._checks import check_float_pair, check_trailing, common_float
 
 __all__ = ["decode_deltas", "encode_deltas"]
 
@@ -60,12 +60,7 @@ def encode_deltas(
         >>> encode_deltas(torch.tensor([0.0, 0.0, 10.0, 10.0]), torch.tensor([5.0, 0.0, 15.0, 20.0]))
         tensor([0.5000, 0.5000, 0.0000, 0.6931])
     """
-    check_trailing("boxes", boxes, (4,), floating=True)
-    check_trailing("targets", targets, (4,), floating=True)
-    check_same("boxes", boxes, "targets", targets)
-    p, g = as_float32(boxes), as_float32(targets)
-    if p.dtype != g.dtype:
-        p, g = p.double(), g.double()
+    p, g = check_float_pair("boxes", boxes, "targets", targets, (4,))
     m, s = _stats(p, means, stds)
     pcx, pcy, pw, ph = _cxcywh(p)
     gcx, gcy, gw, gh = _cxcywh(g)
@@ -97,9 +92,7 @@ def decode_deltas(
     """
     check_trailing("boxes", boxes, (4,), floating=True)
     check_trailing("deltas", deltas, (4,), floating=True)
-    p, d = as_float32(boxes), as_float32(deltas)
-    if p.dtype != d.dtype:
-        p, d = p.double(), d.double()
+    p, d = common_float(boxes, deltas)
     m, s = _stats(d, means, stds)
     d = d * s + m
     pcx, pcy, pw, ph = _cxcywh(p)

@@ -11,21 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from detloss._checks import as_float32, check_same, check_tensor, check_trailing
+from detloss._checks import as_float32, check_float_pair, check_same, check_tensor
 
 __all__ = ["bce_with_logits", "quality_focal", "sigmoid_focal", "softmax_cross_entropy", "varifocal"]
 
 
 def _logits_targets(logits: object, targets: object) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a logits/targets pair of one (any) shape and return both as float32 (float64 kept)."""
-    check_trailing("logits", logits, (), floating=True)
-    check_trailing("targets", targets, (), floating=True)
-    assert isinstance(logits, torch.Tensor) and isinstance(targets, torch.Tensor)
-    check_same("logits", logits, "targets", targets)
-    x, t = as_float32(logits), as_float32(targets)
-    if x.dtype != t.dtype:  # float64 meets float32: compute in float64
-        x, t = x.double(), t.double()
-    return x, t
+    return check_float_pair("logits", logits, "targets", targets)
 
 
 def _bce(x: torch.Tensor, t: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:

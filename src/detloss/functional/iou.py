@@ -44,7 +44,7 @@ from typing import Literal
 
 import torch
 
-from detloss._checks import as_float32, check_same, check_trailing
+from detloss._checks import check_float_pair
 
 __all__ = ["box_ciou", "box_diou", "box_giou", "box_iou", "iou_loss"]
 
@@ -52,13 +52,7 @@ IoUKind = Literal["iou", "giou", "diou", "ciou"]
 
 
 def _coords(name_a: str, a: object, name_b: str, b: object) -> tuple[tuple[torch.Tensor, ...], ...]:
-    check_trailing(name_a, a, (4,), floating=True)
-    check_trailing(name_b, b, (4,), floating=True)
-    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-    check_same(name_a, a, name_b, b)
-    a, b = as_float32(a), as_float32(b)
-    if a.dtype != b.dtype:  # float64 meets float32: compute in float64
-        a, b = a.double(), b.double()
+    a, b = check_float_pair(name_a, a, name_b, b, (4,))
     return a.unbind(-1), b.unbind(-1)
 
 

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import torch
 
-from detloss._checks import as_float32, check_same
+from detloss._checks import as_float32, check_same, common_float
 from detloss.geometry.polygon import (
     check_polygon,
     gather_vertices,
@@ -86,12 +86,6 @@ def _prepare(name: str, poly: object, valid_name: str, valid: object) -> tuple[t
 
 def _full(mask: torch.Tensor | None, poly: torch.Tensor) -> torch.Tensor:
     return vertex_mask("valid", None, poly) if mask is None else mask
-
-
-def _common_dtype(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if a.dtype != b.dtype:  # float64 meets float32: compute in float64
-        a, b = a.double(), b.double()
-    return a, b
 
 
 def _fill_index(mask: torch.Tensor) -> torch.Tensor:
@@ -295,7 +289,7 @@ def mgiou(
     p, mp = _prepare("pred", pred, "pred_valid", pred_valid)
     g, mg = _prepare("target", target, "target_valid", target_valid)
     check_same("pred", p, "target", g, dims=(0,))
-    p, g = _common_dtype(p, g)
+    p, g = common_float(p, g)
     return _mgiou(*_coords(p, mp), mp, *_coords(g, mg), mg, eps)
 
 
@@ -396,7 +390,7 @@ def mgiou_loss(
     p, mp = _prepare("pred", pred, "pred_valid", pred_valid)
     g, mg = _prepare("target", target, "target_valid", target_valid)
     check_same("pred", p, "target", g)
-    p, g = _common_dtype(p, g)
+    p, g = common_float(p, g)
     if sort_pred:
         p = sort_by_angle(p, mp)
         if mp is not None:

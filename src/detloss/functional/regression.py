@@ -8,20 +8,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from detloss._checks import as_float32, check_same, check_trailing
+from detloss._checks import check_float_pair
 
 __all__ = ["l1", "mse", "smooth_l1"]
 
 
 def _pair(pred: object, target: object) -> tuple[torch.Tensor, torch.Tensor]:
-    check_trailing("pred", pred, (), floating=True)
-    check_trailing("target", target, (), floating=True)
-    assert isinstance(pred, torch.Tensor) and isinstance(target, torch.Tensor)
-    check_same("pred", pred, "target", target)
-    p, t = as_float32(pred), as_float32(target)
-    if p.dtype != t.dtype:  # float64 meets float32: compute in float64
-        p, t = p.double(), t.double()
-    return p, t
+    return check_float_pair("pred", pred, "target", target)
 
 
 def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from detloss._checks import as_float32, check_same, check_tensor
+from detloss._checks import as_float32, check_same, check_tensor, common_float
 
 __all__ = [
     "next_valid_index",
@@ -137,8 +137,7 @@ def _pair(a: object, b: object, a_valid: object, b_valid: object) -> tuple[torch
     pa, ma = _prepare("a", a, "a_valid", a_valid)
     pb, mb = _prepare("b", b, "b_valid", b_valid)
     check_same("a", pa, "b", pb, dims=(0,))
-    if pa.dtype != pb.dtype:  # float64 meets float32: compute in float64
-        pa, pb = pa.double(), pb.double()
+    pa, pb = common_float(pa, pb)
     return pa, ma, pb, mb
 
 
