@@ -123,12 +123,12 @@ def print_report(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     try:
         from detloss.train.config import load_config
-        from detloss.train.trainer import Trainer
+        from detloss.train.trainer import build_trainer
     except ImportError as err:
         raise SystemExit(f"detloss train needs the train extra: pip install 'detloss[train]' ({err})") from err
 
     config = load_config(args.config, args.overrides)
-    trainer = Trainer(config, resume=args.resume)
+    trainer = build_trainer(config, resume=args.resume)
     metrics = trainer.fit()
     if trainer.dist.is_main:
         print(f"\nrun folder: {trainer.out}")

@@ -82,3 +82,30 @@ def test_bad_inputs_raise():
         decode_dense([torch.zeros(1, 5, 2, 2)], (8,), 3, 4)
     with pytest.raises(ValueError, match="strides"):
         decode_dense([torch.zeros(1, 19, 2, 2)], (8, 16), 3, 4)
+
+
+def test_return_index_is_the_flat_anchor_index():
+    c, r = 2, 2
+    feats = _feats(2, c, r, 0, [(2, 3), (1, 2)])  # level 0: anchors 0..5 (row-major), level 1: anchors 6, 7
+    for f in feats:
+        f[:, : 4 * r] = 0.0
+    feats[0][0, 4 * r + 0, 1, 2] = 3.0  # image 0, level 0, (y=1, x=2): 1 * 3 + 2 = 5
+    feats[1][0, 4 * r + 1, 0, 1] = 2.0  # image 0, level 1, (y=0, x=1): 6 + 1 = 7
+    feats[0][0, 4 * r + 1, 0, 1] = 1.0  # image 0, level 0, (y=0, x=1): 1
+    feats[1][1, 4 * r + 0, 0, 0] = 4.0  # image 1, level 1, (y=0, x=0): 6
+    det0, det1 = decode_dense(feats, (8, 16), c, r, return_index=True)
+    assert det0["index"].tolist() == [5, 7, 1]  # sorted by score like every other key
+    assert det1["index"].tolist() == [6]
+    assert det0["index"].dtype == torch.int64
+    # the index addresses the concatenated raw outputs: the best class logit read back there is the score
+    flat = torch.cat([f.flatten(2) for f in feats], 2)  # (B, channels, A)
+    for i, det in enumerate((det0, det1)):
+        logits = flat[i, 4 * r :, det["index"]].max(0).values
+        torch.testing.assert_close(det["scores"], logits.sigmoid())
+    plain = decode_dense(feats, (8, 16), c, r)
+    assert "index" not in plain[0]
+    for a, b in zip(plain, (det0, det1), strict=True):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k])
+    (empty,) = decode_dense(_feats(1, c, r, 0, [(2, 2)]), (8,), c, r, return_index=True)
+    assert empty["index"].shape == (0,) and empty["index"].dtype == torch.int64

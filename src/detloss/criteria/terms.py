@@ -30,6 +30,9 @@ class TermCriterion(nn.Module):
         self.weights = {t: default_weights[t] for t in self.terms} | dict(weights or {})
         self.normalizers = build_normalizers({t: default_normalizers[t] for t in self.terms} | dict(normalizers or {}))
 
+    def set_epoch(self, epoch: float) -> None:
+        """Schedules and samplers that change with the epoch override this; the trainer calls it every step."""
+
     def _term(
         self,
         name: str,

@@ -1,8 +1,10 @@
 """The loss doctor: gradient accounting during training, every finding over a run, tables, JSON and a plot.
 
 :class:`Doctor` measures a step (the trainer calls it every ``doctor.every_steps`` steps on the main
-rank) and writes one ``doctor.csv`` row per measurement: the accounting's cost in seconds and, per
-term, ``grad_norm``, ``grad_share``, ``dead_fraction``, ``weight``, ``value`` and ``normalizer``.
+rank: :meth:`Doctor.measure` for a ``DenseCriterion``, :meth:`Doctor.measure_outputs` for any other
+criterion) and writes one ``doctor.csv`` row per measurement: the accounting's cost in seconds, per
+term ``grad_norm``, ``grad_share``, ``dead_fraction``, ``weight``, ``value`` and ``normalizer``, and the
+saturation counters (``saturated/<group>``).
 :meth:`Doctor.findings` runs every check of :mod:`detloss.diagnose.findings` over the measurements and
 the logged rows. :func:`run_doctor` trains a configured run for a few steps with the doctor on
 (``detloss doctor``); :func:`read_run` does the same from a finished run's CSV files.
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from detloss.debug import NonFiniteOp
 from detloss.diagnose.findings import (
     Finding,
     check_dead,
@@ -30,7 +33,12 @@ from detloss.diagnose.findings import (
     check_plateau,
     term_names,
 )
-from detloss.diagnose.gradients import GradientAccount, dense_dependencies, gradient_accounting
+from detloss.diagnose.gradients import (
+    GradientAccount,
+    dense_dependencies,
+    gradient_accounting,
+    polygon_axis_saturation,
+)
 from detloss.report import LossReport
 
 __all__ = [
@@ -165,6 +173,11 @@ class Doctor:
     ) -> Measurement:
         """Account ``report``'s gradients w.r.t. ``feats`` (graph alive) for a ``DenseCriterion`` ``crit``.
 
+        Besides the norms, shares and dead fractions (:func:`dense_dependencies`), counts saturation: the
+        class logits beyond ``±15`` (group ``cls``) and, for an MGIoU polygon branch, the (positive, axis)
+        pairs at a per-axis GIoU of ``±1`` (``poly_axis_giou_pos`` / ``poly_axis_giou_neg``,
+        :func:`polygon_axis_saturation`). The assignment is computed once for both.
+
         Args:
             step: the 1-based step number to record (the ``step`` of ``steps.csv``).
             report, feats, targets: the step's report, the float head outputs ``(B, 4R + C [+ 2K], H, W)``
@@ -174,9 +187,41 @@ class Doctor:
         start = time.perf_counter()
         lo = 4 * crit.reg_max
         logits = {"cls": [f.detach()[:, lo : lo + crit.num_classes] for f in feats]}
-        deps = dense_dependencies(crit, feats, targets)
+        assigned = crit.assign(feats, targets)
+        deps = dense_dependencies(crit, feats, targets, assigned)
         account = gradient_accounting(report, feats, depends=deps, saturation_logits=logits)
-        m = Measurement(step, time.perf_counter() - start, account)
+        axes = polygon_axis_saturation(crit, feats, targets, assigned)
+        if axes:
+            account = replace(account, saturated={**account.saturated, **axes})
+        return self._record(step, time.perf_counter() - start, account)
+
+    def measure_outputs(
+        self,
+        step: int,
+        report: LossReport,
+        wrt: Sequence[Tensor],
+        depends: Mapping[str, Sequence[Tensor | None]] | None = None,
+        saturation_logits: Sequence[Tensor] | Mapping[str, Tensor | Sequence[Tensor]] | None = None,
+    ) -> Measurement:
+        """Account ``report``'s gradients w.r.t. any tensors ``wrt`` (graph alive), for criteria that are
+        not a ``DenseCriterion`` (two-stage, grid): :func:`gradient_accounting` with the given dependency
+        masks and logit groups, recorded and written like :meth:`measure`.
+
+        Args:
+            step: the 1-based step number to record.
+            report: the step's report.
+            wrt: the tensors its terms were computed from (head outputs), each requiring grad.
+            depends: term -> one bool mask per ``wrt`` tensor (``None`` entries: no dependency there), for
+                the dead fractions; terms left out get none.
+            saturation_logits: logits to count beyond ``±15`` (a sequence: group ``"logits"``; a mapping:
+                group -> tensor(s)).
+        """
+        start = time.perf_counter()
+        account = gradient_accounting(report, wrt, depends=depends, saturation_logits=saturation_logits or ())
+        return self._record(step, time.perf_counter() - start, account)
+
+    def _record(self, step: int, seconds: float, account: GradientAccount) -> Measurement:
+        m = Measurement(step, seconds, account)
         self.measurements.append(m)
         if self.log is not None:
             self.log.write(_row(m))
@@ -248,6 +293,7 @@ class DoctorRun:
     step_rows: list[dict[str, float]] = field(default_factory=list)
     epoch_rows: list[dict[str, float]] = field(default_factory=list)
     step_seconds: dict[int, float] = field(default_factory=dict)
+    kind: str = "dense"  # the run's model.kind: where its term weights live in the config
 
     def cost(self) -> dict[str, float]:
         """Mean wall time of measured and plain steps (the first step, warm-up, left out) and their ratio."""
@@ -283,7 +329,7 @@ class DoctorRun:
             metrics = ", ".join(f"{k[4:]} {last[k]:.3g}" for k in ("val/map50", "val/dets_per_image") if k in last)
             parts += [f"validation after step {int(last['step'])}: {metrics}", ""]
         parts += [findings_table(self.findings)]
-        overrides = recommended_overrides(self.findings)
+        overrides = recommended_overrides(self.findings, self.kind)
         if overrides:
             parts += ["", "recommended weights (GRAD_DOMINANCE, as overrides):", "  " + " ".join(overrides)]
         cost = self.cost()
@@ -352,14 +398,27 @@ def shares_table(measurements: Sequence[Measurement]) -> str:
     return "\n".join(rows)
 
 
-def recommended_overrides(findings: Sequence[Finding]) -> list[str]:
-    """``loss.weights.<term>=<w>`` for each weight a ``GRAD_DOMINANCE`` finding recommends raising."""
+def weight_key(term: str, kind: str = "dense") -> str:
+    """The config key of ``term``'s weight for a ``model.kind`` run: ``loss.weights.cls`` (dense),
+    ``grid.weights.obj``, ``rpn.weights.box`` / ``roi.weights.cls`` (two-stage ``rpn_box`` / ``roi_cls``);
+    the unlabelled ``u_*`` terms of teacher-student runs scale with ``semi.unsup_weight``."""
+    if term.startswith("u_"):
+        return "semi.unsup_weight"
+    if kind == "grid":
+        return f"grid.weights.{term}"
+    if kind == "two_stage" and term[:4] in ("rpn_", "roi_"):
+        return f"{term[:3]}.weights.{term[4:]}"
+    return f"loss.weights.{term}"
+
+
+def recommended_overrides(findings: Sequence[Finding], kind: str = "dense") -> list[str]:
+    """``<section>.weights.<term>=<w>`` (:func:`weight_key`) for each weight a ``GRAD_DOMINANCE`` finding
+    recommends raising."""
     out = []
     for f in findings:
         if f.code == "GRAD_DOMINANCE":
-            out += [
-                f"loss.weights.{k[: -len('/weight')]}={v:.4g}" for k, v in f.numbers.items() if k.endswith("/weight")
-            ]
+            terms = [(k[: -len("/weight")], v) for k, v in f.numbers.items() if k.endswith("/weight")]
+            out += [f"{weight_key(t, kind)}={v:.4g}" for t, v in terms if not t.startswith("u_")]
     return out
 
 
@@ -407,8 +466,7 @@ def _val_rows(trainer, batches: int = 4) -> list[dict[str, float]]:
             images, targets = collate(samples)
             device = trainer.dist.device
             targets = {k: v.to(device) for k, v in targets.items() if torch.is_tensor(v)}
-            feats = model(images.to(device))
-            rows.append(trainer.criterion([f.float() for f in feats], targets).as_dict("val/"))
+            rows.append(trainer.forward_loss(model, images.to(device), targets).report.as_dict("val/"))
     return rows
 
 
@@ -418,7 +476,10 @@ def run_doctor(cfg, steps: int = 50, every: int | None = None, evaluate: bool = 
 
     Writes ``config.yaml``, ``steps.csv``, ``doctor.csv`` and ``doctor_shares.png`` into ``cfg.out_dir``
     (replacing earlier doctor files there). The learning-rate schedule is the full run's. Stops at the
-    first step with a non-finite loss (or, under ``DETLOSS_DEBUG_NAN=1``, the first failing term). With
+    first step with a non-finite loss (or, under ``DETLOSS_DEBUG_NAN=1``, the first failing term: that
+    step, which raised before the optimizer step, then runs once more under
+    :func:`~detloss.debug.locate_nonfinite`, so the ``NONFINITE`` finding names the operation that made
+    the value, or the gradient's backward operation and the forward line it differentiates). With
     ``evaluate``, the model is evaluated after the steps (``epoch_rows``, shown in the summary) and the
     report on a few validation batches gives the validation normalizers (``NORMALIZER_SKEW``).
 
@@ -430,7 +491,7 @@ def run_doctor(cfg, steps: int = 50, every: int | None = None, evaluate: bool = 
     from detloss.debug import NonFiniteLossError
     from detloss.train.config import DoctorConfig
     from detloss.train.logs import CsvLog
-    from detloss.train.trainer import Trainer
+    from detloss.train.trainer import build_trainer
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -442,11 +503,11 @@ def run_doctor(cfg, steps: int = 50, every: int | None = None, evaluate: bool = 
         (out / name).unlink(missing_ok=True)
     doctor_cfg = (cfg.doctor or DoctorConfig()).model_copy(update={"every_steps": every})
     cfg = cfg.model_copy(update={"doctor": doctor_cfg})
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     if trainer.dist.world_size > 1:
         raise ValueError("detloss doctor runs in one process (not under torchrun)")
     steps_log = CsvLog(out / "steps.csv")
-    run = DoctorRun(out, [], [])
+    run = DoctorRun(out, [], [], kind=cfg.model.kind)
     failed: Finding | None = None  # from DETLOSS_DEBUG_NAN
     nonfinite = False  # a logged value: check_nonfinite reports it
     while trainer.step < steps and failed is None and not nonfinite:
@@ -456,10 +517,10 @@ def run_doctor(cfg, steps: int = 50, every: int | None = None, evaluate: bool = 
             try:
                 report = trainer.train_step(images, targets)
             except NonFiniteLossError as err:
-                failed = _debug_finding(trainer.step + 1, err)
+                failed = _debug_finding(trainer.step + 1, err, *_locate(trainer, images, targets, err))
                 break
             run.step_seconds[trainer.step] = time.perf_counter() - t0
-            row = {"step": trainer.step, "epoch": epoch, **report.as_dict(), **trainer.balancer.log()}
+            row = {"step": trainer.step, "epoch": epoch, **report.as_dict(), **trainer.step_log()}
             run.step_rows.append(row)
             steps_log.write(row)
             nonfinite = not all(_finite(row[t]) for t in [*report, "total"])
@@ -479,14 +540,60 @@ def run_doctor(cfg, steps: int = 50, every: int | None = None, evaluate: bool = 
     return run
 
 
-def _debug_finding(step: int, err) -> Finding:
+def _locate(trainer, images, targets, err) -> tuple[NonFiniteOp | None, bool]:
+    """Run the step that raised ``err`` again under :func:`~detloss.debug.locate_nonfinite` (the model
+    has not been updated: the error comes from the forward, before the optimizer step) to name the
+    operation. Returns it (or ``None``) and whether the step failed again the same way."""
+    from detloss.debug import NonFiniteLossError, locate_nonfinite
+
+    op, again = locate_nonfinite(lambda: trainer.train_step(images, targets), err.where)
+    same = isinstance(again, NonFiniteLossError) and (again.term, again.where) == (err.term, err.where)
+    return op, same
+
+
+def _debug_finding(step: int, err, op: NonFiniteOp | None = None, reproduced: bool = True) -> Finding:
+    """``NONFINITE`` from a :class:`~detloss.debug.NonFiniteLossError`, naming the operation ``op`` when
+    :func:`_locate` found it."""
     message = f"first non-finite {err.where} at step {step} in term {err.term!r} (raised by DETLOSS_DEBUG_NAN)."
-    fix = (
-        f"rerun this step under torch.autograd.set_detect_anomaly(True) to name the operation (for a gradient), "
-        f"and check {err.term}'s inputs at this step (degenerate boxes or polygons, overflowing logits, a "
-        "normalizer of 0); do not nan_to_num the loss"
-    )
-    return Finding("NONFINITE", "error", message, {"step": float(step)}, fix, err.term)
+    numbers = {"step": float(step)}
+    if op is not None and err.where == "gradient":
+        message += (
+            f" Its first non-finite gradient element ({op.produced}) was made by operation {op.op} in "
+            f"{op.node or 'the backward pass'}, the derivative of the forward operation at "
+            f"{op.location or 'an unknown line'}"
+            + (f" (called from {op.detloss_location})" if op.detloss_location not in (None, op.location) else "")
+            + (f"; the Inf came first from {op.after_inf.describe()}" if op.after_inf else "")
+            + "."
+        )
+    elif op is not None:
+        message += f" The first non-finite value was made by operation {op.describe()}."
+    elif reproduced:
+        message += " No single operation made it from finite inputs (a non-finite input or parameter?)."
+    if not reproduced:
+        message += " Running the step again did not fail the same way: the cause is not deterministic."
+    if op is not None:
+        at = op.location or "an unknown line"
+        if op.phase == "backward":
+            look = (
+                f"look at the operation at {at}: its derivative ({op.node}) is {op.produced} at this step's inputs "
+                "(a derivative infinite at the point: sqrt or pow < 1 at 0, the norm of a zero vector, "
+                "acos/asin at ±1)"
+            )
+        else:
+            look = (
+                f"look at {op.op} at {at}: this step's inputs are outside its domain (log of <= 0, 0/0 or x/0, "
+                "sqrt of < 0, overflow)"
+            )
+        fix = (
+            f"{look}; keep the argument in the domain by construction (select safe inputs with torch.where "
+            "before the operation, as MGIoU does); do not nan_to_num or clamp the loss"
+        )
+    else:
+        fix = (
+            f"check {err.term}'s inputs at this step (non-finite images, targets or parameters, degenerate "
+            "boxes or polygons, overflowing logits, a normalizer of 0); do not nan_to_num the loss"
+        )
+    return Finding("NONFINITE", "error", message, numbers, fix, err.term)
 
 
 def read_run(run: str | Path, doctor_cfg=None) -> DoctorRun:
@@ -505,4 +612,9 @@ def read_run(run: str | Path, doctor_cfg=None) -> DoctorRun:
     val_rows = [{k: v for k, v in r.items() if k.startswith("val/")} for r in epochs]
     findings = doctor.findings(steps, epochs, val_rows)
     plot_shares(doctor.measurements, run / "doctor_shares.png")
-    return DoctorRun(run, findings, doctor.measurements, steps, epochs)
+    kind = "dense"
+    if (run / "config.yaml").is_file():
+        import yaml
+
+        kind = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("model", {}).get("kind", "dense")
+    return DoctorRun(run, findings, doctor.measurements, steps, epochs, kind=kind)

@@ -27,7 +27,12 @@ Measured per term ``t``:
 ``saturated``
     For each group of logits passed in ``saturation_logits``, the fraction of elements with
     ``|logit| > saturation_limit`` (default 15: ``sigmoid(15) = 1 - 3e-7``, where the sigmoid's
-    derivative is ~3e-7 and a clamp-before-sigmoid would give exactly zero).
+    derivative is ~3e-7 and a clamp-before-sigmoid would give exactly zero). For the MGIoU polygon
+    loss, :func:`polygon_axis_saturation` adds the groups ``poly_axis_giou_pos`` / ``poly_axis_giou_neg``:
+    the fraction of (positive, axis) pairs whose per-axis 1-D GIoU
+    (:func:`~detloss.functional.polygon.axis_giou`) is within :data:`AXIS_GIOU_TOL` of ``+1`` (the
+    projections coincide on that axis) or of ``-1`` (two projections that are points far apart
+    compared with their lengths: the GIoU's gradient ``~ 1 / gap`` vanishes there).
 """
 
 from __future__ import annotations
@@ -41,10 +46,25 @@ from torch import Tensor
 
 from detloss.report import LossReport
 
-__all__ = ["GradientAccount", "dense_dependencies", "gradient_accounting", "saturation"]
+__all__ = [
+    "AXIS_GIOU_GROUPS",
+    "AXIS_GIOU_TOL",
+    "GradientAccount",
+    "axis_giou_saturation",
+    "dense_dependencies",
+    "gradient_accounting",
+    "polygon_axis_saturation",
+    "saturation",
+]
 
 #: ``|logit|`` beyond which a sigmoid counts as saturated.
 SATURATION_LIMIT = 15.0
+
+#: A per-axis GIoU within this of ``±1`` counts as saturated.
+AXIS_GIOU_TOL = 1e-6
+
+#: Saturation groups that count (positive, axis) pairs at a per-axis GIoU of ``±1``, not logits.
+AXIS_GIOU_GROUPS = {"poly_axis_giou_pos": "+1", "poly_axis_giou_neg": "-1"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +77,10 @@ class GradientAccount:
         ratios: ``(a, b)`` -> ``norm_a / norm_b`` for every ordered pair of distinct terms.
         dead: term -> fraction of its dependent elements with exactly zero gradient (only terms
             given a dependency mask).
-        saturated: logit group -> fraction of its elements beyond ``±saturation_limit``.
+        saturated: logit group -> fraction of its elements beyond ``±saturation_limit``; and the
+            :data:`AXIS_GIOU_GROUPS` -> fraction of (positive, axis) pairs at a per-axis GIoU of ``±1``
+            (added by :func:`polygon_axis_saturation`, see :meth:`Doctor.measure
+            <detloss.diagnose.doctor.Doctor.measure>`).
         weights: term -> its gain when measured (gradient norms scale linearly with it).
         values: term -> its value when measured.
         normalizers: term -> ``"name=value"`` of its normalizer.
@@ -92,7 +115,11 @@ class GradientAccount:
                 f"{norm:>11.4g} {share_s:>7} {dead_s:>7}"
             )
         for group, frac in self.saturated.items():
-            rows.append(f"saturated {group}: {100 * frac:.2f}% of logits beyond ±{SATURATION_LIMIT:g}")
+            if group in AXIS_GIOU_GROUPS:
+                what = f"of (positive, axis) pairs with a per-axis GIoU at {AXIS_GIOU_GROUPS[group]}"
+            else:
+                what = f"of logits beyond ±{SATURATION_LIMIT:g}"
+            rows.append(f"saturated {group}: {100 * frac:.2f}% {what}")
         if self.nonfinite:
             rows.append(f"non-finite gradient in: {', '.join(self.nonfinite)}")
         return "\n".join(rows)
@@ -119,6 +146,73 @@ def saturation(logits: Tensor | Sequence[Tensor], limit: float = SATURATION_LIMI
         return float("nan")
     beyond = torch.stack([(t.detach().abs() > limit).sum() for t in tensors]).sum()
     return float(beyond) / total
+
+
+def axis_giou_saturation(giou: Tensor, valid: Tensor, tol: float = AXIS_GIOU_TOL) -> tuple[float, float]:
+    """Fractions of the valid entries of ``giou`` with ``giou >= 1 - tol`` and with ``giou <= -1 + tol``.
+
+    Args:
+        giou: ``(N, A)`` per-axis 1-D GIoU (:func:`~detloss.functional.polygon.axis_giou`).
+        valid: ``(N, A)`` bool, the axes that exist.
+        tol: distance from ``±1`` that counts as saturated, in ``[0, 1)``.
+
+    Returns:
+        ``(at_plus_one, at_minus_one)``; both NaN when no axis is valid.
+    """
+    if not 0 <= tol < 1:
+        raise ValueError(f"tol must be in [0, 1), got {tol}")
+    if not isinstance(giou, Tensor) or giou.dim() != 2:
+        raise ValueError(f"giou must be a tensor of shape (N, A), got {getattr(giou, 'shape', type(giou))}")
+    if not isinstance(valid, Tensor) or tuple(valid.shape) != tuple(giou.shape):
+        got = getattr(valid, "shape", type(valid))
+        raise ValueError(f"valid must be a bool tensor of shape {tuple(giou.shape)}, got {got}")
+    g, v = giou.detach(), valid.to(torch.bool)
+    counts = torch.stack([v.sum(), ((g >= 1 - tol) & v).sum(), ((g <= -1 + tol) & v).sum()]).tolist()
+    total, plus, minus = counts
+    if total == 0:
+        return float("nan"), float("nan")
+    return plus / total, minus / total
+
+
+def polygon_axis_saturation(
+    crit, feats: Sequence[Tensor], targets: Mapping[str, Tensor], assigned=None, tol: float = AXIS_GIOU_TOL
+) -> dict[str, float]:
+    """Per-axis GIoU saturation of a :class:`~detloss.criteria.dense.DenseCriterion`'s MGIoU ``poly`` term.
+
+    The predicted polygons are those the criterion compares: for each positive with a nonzero soft target
+    (the ones the term depends on), the anchor point plus the ``K`` predicted offsets read from the ``2K``
+    polygon channels of ``feats`` (grid units); the target, its assigned polygon with its valid vertices.
+    Pairs whose target is degenerate (trained by the L1 fallback of
+    :func:`~detloss.functional.polygon.mgiou_loss`) are counted too.
+
+    Args:
+        crit: the criterion (``num_vertices > 0`` and ``polygon_loss`` ``"mgiou"`` / ``"mgiou+"``, else
+            ``{}`` is returned: no per-axis GIoU in the loss).
+        feats: its head outputs, list of ``(B, 4R + C + 2K, H, W)``.
+        targets: its targets.
+        assigned: ``crit.assign(feats, targets)`` if already computed.
+        tol: as in :func:`axis_giou_saturation`.
+
+    Returns:
+        ``{"poly_axis_giou_pos": fraction at +1, "poly_axis_giou_neg": fraction at -1}`` over the
+        (positive, valid axis) pairs; NaN without positives.
+    """
+    from detloss.functional.polygon import axis_giou
+
+    k = crit.num_vertices
+    if not k or crit.polygon_loss not in ("mgiou", "mgiou+"):
+        return {}
+    t = crit.assign(feats, targets) if assigned is None else assigned
+    lo = 4 * crit.reg_max + crit.num_classes
+    keep = t.weight != 0
+    image, anchor = t.image[keep], t.anchor[keep]
+    with torch.no_grad():
+        channels = torch.cat([f.detach().flatten(2)[:, lo : lo + 2 * k] for f in feats], 2)  # (B, 2K, A)
+        offsets = channels[image, :, anchor].float().view(-1, k, 2)  # (P, K, 2), vertex-major (x, y) pairs
+        pred = t.points[keep][:, None, :] + offsets
+        giou, valid = axis_giou(pred, t.polygons[keep], target_valid=t.polygon_valid[keep])
+    plus, minus = axis_giou_saturation(giou, valid, tol)
+    return {"poly_axis_giou_pos": plus, "poly_axis_giou_neg": minus}
 
 
 def _as_float(x: float | Tensor) -> float:

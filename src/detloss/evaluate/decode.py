@@ -39,6 +39,7 @@ def decode_dense(
     max_det: int = 300,
     *,
     max_nms: int = 30000,
+    return_index: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """Per-image detections from the per-level outputs of a dense head.
 
@@ -52,11 +53,15 @@ def decode_dense(
         iou: NMS IoU threshold (class-aware).
         max_det: detections kept per image, best first.
         max_nms: candidates entering NMS per image, best first.
+        return_index: also return each kept detection's flat anchor index (see Returns).
 
     Returns:
         One dict per image: ``boxes (N, 4)`` ``xyxy`` pixels, ``scores (N,)`` (sigmoid of the best class
         logit), ``labels (N,)`` int64, and with ``num_vertices > 0`` ``polygons (N, K, 2)`` pixels; sorted
-        by decreasing score. Computed in float32 without gradient.
+        by decreasing score. With ``return_index`` also ``index (N,)`` int64: the flat anchor index of
+        each detection, levels concatenated in order and row-major within a level (level ``l``'s cell
+        ``(y, x)`` is ``sum(H_j * W_j for j < l) + y * W_l + x``), so a caller can read that anchor's raw
+        outputs, e.g. its DFL logits. Computed in float32 without gradient.
 
     Example:
         >>> feats = [torch.full((1, 4 * 2 + 3, 2, 2), -10.0)]
@@ -102,5 +107,7 @@ def decode_dense(
         det = {"boxes": boxes[i, keep], "scores": scores[i, keep], "labels": labels[i, keep]}
         if polygons is not None:
             det["polygons"] = polygons[i, keep]
+        if return_index:
+            det["index"] = keep  # already flat anchor indices: cand indexes the concatenated anchors
         out.append(det)
     return out

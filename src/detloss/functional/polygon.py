@@ -70,7 +70,7 @@ from detloss.geometry.polygon import (
     vertex_mask,
 )
 
-__all__ = ["convexity_penalty", "mgiou", "mgiou_loss", "sort_by_angle"]
+__all__ = ["axis_giou", "convexity_penalty", "mgiou", "mgiou_loss", "sort_by_angle"]
 
 # edges shorter than this times the polygon's longest edge are rounding noise, not directions
 _EDGE_RTOL_ULPS = 64
@@ -242,7 +242,7 @@ class _Extents(torch.autograd.Function):
         return tuple(grads)
 
 
-def _mgiou(
+def _axis_giou(
     px: torch.Tensor,
     py: torch.Tensor,
     mp: torch.Tensor | None,
@@ -250,8 +250,9 @@ def _mgiou(
     gy: torch.Tensor,
     mg: torch.Tensor | None,
     eps: float,
-) -> torch.Tensor:
-    """MGIoU from filled coordinates (:func:`_coords`); ``mp`` / ``mg`` are masks or ``None`` (all valid)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GIoU1D ``(N, K + M)`` on every axis (pred's edge normals, then target's) and the axis weights
+    ``(N, K + M)`` (1 for a valid axis, 0 for a missing one), from filled coordinates (:func:`_coords`)."""
     pax, pay, pok = _edge_axes(px, py, mp, unit=eps > 0)
     gax, gay, gok = _edge_axes(gx, gy, mg, unit=eps > 0)
     ax, ay = torch.cat([pax, gax], dim=1), torch.cat([pay, gay], dim=1)
@@ -264,6 +265,20 @@ def _mgiou(
     gap = (p_hi - g_hi).abs() + (p_lo - g_lo).abs()
     hull2 = span + gap + 2 * eps  # 2 * (hull + eps) >= |span - gap| = 2 * |inter|: GIoU1D in [-1, 1]
     giou1d = (span - gap) / (hull2 + (hull2 == 0))  # = inter / (hull + eps); 0 / 0 := 0
+    return giou1d, weight
+
+
+def _mgiou(
+    px: torch.Tensor,
+    py: torch.Tensor,
+    mp: torch.Tensor | None,
+    gx: torch.Tensor,
+    gy: torch.Tensor,
+    mg: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """MGIoU from filled coordinates (:func:`_coords`); ``mp`` / ``mg`` are masks or ``None`` (all valid)."""
+    giou1d, weight = _axis_giou(px, py, mp, gx, gy, mg, eps)
     return (giou1d * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)
 
 
@@ -291,6 +306,42 @@ def mgiou(
     check_same("pred", p, "target", g, dims=(0,))
     p, g = common_float(p, g)
     return _mgiou(*_coords(p, mp), mp, *_coords(g, mg), mg, eps)
+
+
+def axis_giou(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    pred_valid: torch.Tensor | None = None,
+    target_valid: torch.Tensor | None = None,
+    *,
+    eps: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-axis 1-D GIoU that :func:`mgiou` averages, and which axes exist.
+
+    Args:
+        pred: ``(N, K, 2)`` polygons; ``pred_valid`` ``None``, a bool mask ``(N, K)`` or counts ``(N,)``.
+        target: ``(N, M, 2)`` polygons; ``target_valid`` likewise.
+        eps: as in :func:`mgiou`.
+
+    Returns:
+        ``giou (N, K + M)``: GIoU1D in ``[-1, 1]`` on the normal of pred's edge ``i`` (columns ``0..K-1``,
+        edge ``i`` from valid vertex ``i`` to the next valid one) and of target's edge ``j`` (columns
+        ``K + j``); and ``valid (N, K + M)`` bool, the axes that exist (missing ones, from padding or
+        zero-length edges, hold a finite value that :func:`mgiou` weights by 0). ``mgiou`` is the mean of
+        ``giou`` over ``valid`` (0 where a pair has no axis). +1 on an axis: the two projections coincide
+        there; -1: they are two points far apart compared with their lengths (both vanish).
+
+    >>> sq = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
+    >>> giou, valid = axis_giou(sq, sq + torch.tensor([0.5, 0.0]))
+    >>> giou[0, :4]  # normals of pred's edges: y, x, y, x; the x intervals [0, 1] and [0.5, 1.5]
+    tensor([1.0000, 0.3333, 1.0000, 0.3333])
+    """
+    p, mp = _prepare("pred", pred, "pred_valid", pred_valid)
+    g, mg = _prepare("target", target, "target_valid", target_valid)
+    check_same("pred", p, "target", g, dims=(0,))
+    p, g = common_float(p, g)
+    giou, weight = _axis_giou(*_coords(p, mp), mp, *_coords(g, mg), mg, eps)
+    return giou, weight > 0
 
 
 def sort_by_angle(poly: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from detloss.normalize import Normalizer
+
+
+def _check_normalizers(value: dict[str, str]) -> dict[str, str]:
+    for spec in value.values():
+        Normalizer(spec)  # raises with the list of valid names
+    return value
+
+
+#: term -> normalizer name, checked against the names :mod:`detloss.normalize` knows.
+Normalizers = Annotated[dict[str, str], AfterValidator(_check_normalizers)]
 
 
 class _Strict(BaseModel):
@@ -29,6 +39,8 @@ class DataConfig(_Strict):
     val_annotations: str | None = None  # coco only
     hflip: float = 0.5
     num_classes: int | None = None  # inferred from the data when left out
+    # train on this fraction of the training images (a seeded choice); with `semi`, the rest is unlabelled
+    labelled_fraction: float = Field(1.0, gt=0, le=1)
 
 
 class BackgroundConfig(_Strict):
@@ -36,7 +48,7 @@ class BackgroundConfig(_Strict):
 
     kind: Literal["max", "focal"] = "max"
     max_value: float = 1.0
-    burn_in: float = 0.0
+    burn_in: float | None = 0.0  # None only under `semi`: the teacher's burn-in
     warmup: float = 0.0
     mode: Literal["linear", "step"] = "linear"
     gamma: float = 2.0
@@ -49,7 +61,7 @@ class LossConfig(_Strict):
     preset: Literal["ultralytics"] | None = None
     reg_max: int = 8
     weights: dict[str, float] = Field(default_factory=dict)
-    normalizers: dict[str, str] = Field(default_factory=dict)
+    normalizers: Normalizers = Field(default_factory=dict)
     cls_loss: Literal["bce", "focal", "varifocal", "quality_focal"] = "bce"
     cls_loss_args: dict[str, float] = Field(default_factory=dict)
     class_weights: list[float] | None = None
@@ -61,13 +73,6 @@ class LossConfig(_Strict):
     polygon_loss: Literal["mgiou", "mgiou+", "l1", "l2"] = "mgiou"
     convexity_weight: float = 0.1
     background: BackgroundConfig | None = None
-
-    @field_validator("normalizers")
-    @classmethod
-    def _known_normalizers(cls, value: dict[str, str]) -> dict[str, str]:
-        for spec in value.values():
-            Normalizer(spec)  # raises with the list of valid names
-        return value
 
 
 class OptimConfig(_Strict):
@@ -85,7 +90,63 @@ class OptimConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """``kind`` picks the detector and its criterion: ``dense`` (:class:`TinyDetector`, ``loss``),
+    ``two_stage`` (:class:`TinyTwoStage`, ``rpn`` + ``roi``) or ``grid`` (:class:`TinyGrid`, ``grid``)."""
+
+    kind: Literal["dense", "two_stage", "grid"] = "dense"
     width: int = 24
+    proposals_train: int = 256  # two_stage: RPN proposals kept per image in training (before GT are added)
+    proposals_test: int = 100  # two_stage: ... in evaluation
+    stride: int = 16  # grid: pixels per cell
+
+
+class RPNConfig(_Strict):
+    """Every option of :class:`detloss.criteria.rpn.RPNCriterion` (terms ``obj``, ``box``; logged as
+    ``rpn_obj``, ``rpn_box``). Defaults: normalizers ``num_samples`` / ``num_pos`` (mmdet's avg_factor)."""
+
+    weights: dict[str, float] = Field(default_factory=dict)
+    normalizers: Normalizers = Field(default_factory=dict)
+    pos_weight: float = Field(1.0, gt=0)  # report 002's rpn_cls_pos_weight
+    box_loss: Literal["smooth_l1", "l1", "giou"] = "smooth_l1"
+    beta: float = Field(1.0 / 9.0, ge=0)
+    sample_num: int = Field(256, ge=1)
+    pos_fraction: float = Field(0.5, gt=0, le=1)
+    pos_iou: float = 0.7
+    neg_iou: float = 0.3
+    min_pos_iou: float = 0.3
+    allow_low_quality: bool = True
+
+
+class ROIConfig(_Strict):
+    """Every option of :class:`detloss.criteria.roi.ROICriterion` (terms ``cls``, ``box``, ``mask``; logged as
+    ``roi_cls`` ...). Defaults: normalizers ``num_samples`` / ``num_pos`` / ``num_pos``."""
+
+    weights: dict[str, float] = Field(default_factory=dict)
+    normalizers: Normalizers = Field(default_factory=dict)
+    fg_weight: float = Field(1.0, gt=0)  # report 002's roi_cls_pos_weight
+    label_smoothing: float = Field(0.0, ge=0, le=1)
+    with_mask: bool = True
+    mask_size: int = Field(14, ge=2)
+    beta: float = Field(1.0, ge=0)
+    sample_num: int = Field(512, ge=1)
+    pos_fraction: float = Field(0.25, gt=0, le=1)
+    pos_iou: float = 0.5
+    neg_iou: float = 0.5
+    min_pos_iou: float = 0.5
+
+
+class GridConfig(_Strict):
+    """Every option of :class:`detloss.criteria.multigrid.MultigridCriterion` (terms ``loc``, ``obj``,
+    ``cls``). Every term unset in ``normalizers`` uses ``batch_size``: per-image sums, so train and
+    validation losses are comparable (report 003; the criterion's own defaults are the report's per-batch
+    cell counts)."""
+
+    weights: dict[str, float] = Field(default_factory=dict)
+    normalizers: Normalizers = Field(default_factory=dict)  # unset terms: batch_size
+    loc_loss: Literal["mse", "l1", "smooth_l1"] = "mse"
+    cls_loss: Literal["bce", "ce"] = "ce"
+    obj_pos_weight: float = Field(1.0, gt=0)
+    ignore_iou: float = Field(0.5, ge=0, le=1)
 
 
 class EvalConfig(_Strict):
@@ -127,6 +188,51 @@ class DoctorConfig(_Strict):
     plateau_tolerance: float = Field(0.05, ge=0)  # PLATEAU: relative decrease that counts as learning
 
 
+def _default_filters() -> list[dict]:
+    return [
+        {"kind": "score", "threshold": 0.3},
+        {"kind": "adaptive", "init": 0.5, "bounds": [0.3, 0.8], "momentum": 0.99},
+        {"kind": "entropy", "max_entropy": 0.6},
+    ]
+
+
+class StrongAugConfig(_Strict):
+    """The student's photometric strong augmentation of unlabelled images (geometry unchanged, so the
+    teacher's pseudo-boxes apply as they are): brightness/contrast jitter, Gaussian noise, cut-out patches."""
+
+    brightness: float = Field(0.3, ge=0)  # multiplicative factor in [1 - b, 1 + b]
+    contrast: float = Field(0.3, ge=0)
+    noise: float = Field(0.04, ge=0)  # std of additive Gaussian noise, image in [0, 1]
+    cutout: int = Field(2, ge=0)  # patches per image
+    cutout_size: float = Field(0.15, ge=0, le=1)  # patch side, fraction of the image side
+
+
+class SemiConfig(_Strict):
+    """Teacher-student training (:mod:`detloss.train.semi`) on ``data.labelled_fraction`` of the training
+    images with the rest unlabelled. Epochs count passes over the labelled images."""
+
+    burn_in: float = Field(2.0, ge=0)  # epochs of supervised-only training before the teacher is copied
+    teacher_decay: float = Field(0.999, ge=0, lt=1)
+    teacher_ramp: bool = True  # decay min(teacher_decay, 1 - 1 / (updates + 1)), Mean Teacher's ramp
+    unsup_weight: float = Field(1.0, ge=0)
+    unsup_warmup: float = Field(1.0, ge=0)  # epochs after burn_in over which the weight ramps from 0
+    unlabelled_batch_size: int | None = Field(None, ge=1)  # None: batch_size
+    candidate_conf: float = Field(0.05, ge=0, lt=1)  # teacher detections entering NMS and the filters
+    nms_iou: float = Field(0.6, gt=0, le=1)
+    max_pseudo: int = Field(50, ge=1)  # pseudo-boxes per image at most
+    filters: list[dict] = Field(default_factory=_default_filters)  # applied in order, after NMS
+    unsup_terms: list[Literal["box", "cls", "dfl"]] = Field(default_factory=lambda: ["box", "cls", "dfl"])
+    # the unlabelled terms' normalizers (unset: loss.normalizers'). With target_sum, a batch whose images
+    # all lack pseudo-boxes divides u_cls by the floor, 1: `detloss doctor` shows it as u_cls dominance.
+    normalizers: Normalizers = Field(default_factory=dict)
+    # the bg term on unlabelled images; its burn_in is counted from the start of training (None: = burn_in)
+    background: BackgroundConfig | None = Field(
+        default_factory=lambda: BackgroundConfig(kind="max", max_value=1.0, burn_in=None, warmup=2.0)
+    )
+    strong: StrongAugConfig = Field(default_factory=StrongAugConfig)
+    quality_iou: float = Field(0.5, gt=0, le=1)  # pseudo-label precision/recall against the hidden labels
+
+
 class TrainConfig(_Strict):
     """A whole run; ``detloss train --config run.yaml key.sub=value`` builds one."""
 
@@ -141,10 +247,14 @@ class TrainConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    rpn: RPNConfig = Field(default_factory=RPNConfig)
+    roi: ROIConfig = Field(default_factory=ROIConfig)
+    grid: GridConfig = Field(default_factory=GridConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     doctor: DoctorConfig | None = None
+    semi: SemiConfig | None = None
 
 
 def _set(tree: dict, dotted: str, raw: str) -> None:

@@ -37,6 +37,31 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
     return _Letterboxed(train, cfg.image_size), _Letterboxed(val, cfg.image_size), num_classes
 
 
+def split_labelled(num_images: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(labelled, unlabelled)`` dataset indices: a seeded choice of ``round(fraction * num_images)`` (at
+    least one) images, the same on every rank and run, each list sorted."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data.labelled_fraction must be in (0, 1], got {fraction}")
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed * 7919 + 17)).tolist()
+    n = max(1, round(fraction * num_images))
+    return sorted(order[:n]), sorted(order[n:])
+
+
+class Subset:
+    """``dataset`` restricted to ``indices`` (keeps ``num_classes`` and ``class_names``)."""
+
+    def __init__(self, dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+        self.num_classes = getattr(dataset, "num_classes", None)
+        self.class_names = getattr(dataset, "class_names", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.dataset[self.indices[i]]
+
+
 class _Cached:
     """Generated samples kept in memory (images as uint8: 4x smaller), so later epochs skip generation."""
 

@@ -6,31 +6,16 @@ import torch
 from torch import nn
 
 from detloss.data.collate import collate
-from detloss.evaluate import box_map, decode_dense, polygon_map
-from detloss.geometry.hull import convex_hull
+from detloss.evaluate import box_map, polygon_map
 from detloss.train.config import TrainConfig
+from detloss.train.tasks import Task
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, num_classes: int, conf: float = 0.001):
-    """Per-image prediction dicts in pixels (see :func:`detloss.evaluate.decode_dense`). A predicted
-    polygon is the convex hull of its K vertices: MGIoU trains the vertex set's extent, not an order."""
+def predict(task: Task, model: nn.Module, images: torch.Tensor, cfg: TrainConfig, conf: float = 0.001) -> list[dict]:
+    """Per-image prediction dicts in pixels from ``task``'s decoder, with the NMS settings of ``cfg.eval``."""
     model.eval()
-    feats = model(images)
-    preds = decode_dense(
-        [f.float() for f in feats],
-        model.strides,
-        num_classes,
-        cfg.loss.reg_max,
-        num_vertices=cfg.loss.num_vertices,
-        conf=conf,
-        iou=cfg.eval.nms_iou,
-        max_det=cfg.eval.max_det,
-    )
-    for p in preds:
-        if "polygons" in p:
-            p["polygons"], p["polygon_valid"] = convex_hull(p["polygons"])
-    return preds
+    return task.predict(model, images, conf, cfg.eval.nms_iou, cfg.eval.max_det)
 
 
 def ground_truth(sample: dict) -> dict:
@@ -42,19 +27,21 @@ def ground_truth(sample: dict) -> dict:
     }
 
 
-def evaluate(model: nn.Module, dataset, cfg: TrainConfig, num_classes: int, device: torch.device) -> dict[str, float]:
-    """Box AP (and polygon AP with a polygon head), precision/recall and detections per image."""
+def evaluate(
+    task: Task, model: nn.Module, dataset, cfg: TrainConfig, num_classes: int, device: torch.device
+) -> dict[str, float]:
+    """Box AP (and polygon AP when ``task`` predicts polygons), precision/recall and detections per image."""
     preds, gts = [], []
     batch = cfg.batch_size
     for start in range(0, len(dataset), batch):
         samples = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
         images, _ = collate(samples)
-        out = predict(model, images.to(device), cfg, num_classes)
+        out = predict(task, model, images.to(device), cfg)
         preds += [{k: v.cpu() for k, v in p.items()} for p in out]
         gts += [ground_truth(s) for s in samples]
     names = getattr(dataset, "class_names", None) or [str(c) for c in range(num_classes)]
     metrics = _flatten(box_map(preds, gts, conf=cfg.eval.conf), "", names)
-    if cfg.loss.num_vertices:
+    if task.has_polygons:
         metrics.update(_flatten(polygon_map(preds, gts, conf=cfg.eval.conf), "poly_", names))
     return metrics
 

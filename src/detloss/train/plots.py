@@ -100,7 +100,7 @@ def plot_run(run: Path, trainer) -> None:
     model = trainer.ema.module if trainer.ema is not None else trainer.model
     samples = [trainer.val_set[i] for i in range(min(8, len(trainer.val_set)))]
     images, _ = collate(samples)
-    preds = predict(model, images.to(trainer.dist.device), trainer.cfg, trainer.num_classes)
+    preds = predict(trainer.task, model, images.to(trainer.dist.device), trainer.cfg)
     plot_predictions(run, images, [{k: v.cpu() for k, v in p.items()} for p in preds], trainer.cfg.eval.conf)
 
 

@@ -12,51 +12,22 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from detloss.criteria.dense import BackgroundPenalty, DenseCriterion
 from detloss.data.collate import collate
 from detloss.diagnose.balancers import Balancer, build_balancer
 from detloss.diagnose.doctor import Doctor
-from detloss.models import TinyDetector
 from detloss.report import LossReport
-from detloss.schedule import WarmupSchedule
-from detloss.train.config import LossConfig, OptimConfig, TrainConfig, save_config
-from detloss.train.data import build_datasets, load_sample
+from detloss.train.config import OptimConfig, TrainConfig, save_config
+from detloss.train.data import Subset, build_datasets, load_sample, split_labelled
 from detloss.train.distributed import DistContext, setup
 from detloss.train.ema import ModelEMA
 from detloss.train.evaluation import evaluate
 from detloss.train.logs import CsvLog, Progress, TensorBoard
+from detloss.train.tasks import StepOutputs, build_task
 
 
-def build_criterion(cfg: LossConfig, num_classes: int, strides: tuple[int, ...]) -> DenseCriterion:
-    background = None
-    if cfg.background is not None:
-        b = cfg.background
-        schedule = WarmupSchedule(b.max_value, b.burn_in, b.warmup, b.mode)
-        background = BackgroundPenalty(b.kind, schedule=schedule, gamma=b.gamma, logit_clamp=b.logit_clamp)
-    return DenseCriterion(
-        num_classes,
-        strides,
-        cfg.reg_max,
-        preset=cfg.preset,
-        weights=cfg.weights,
-        normalizers=cfg.normalizers,
-        cls_loss=cfg.cls_loss,
-        cls_loss_args=cfg.cls_loss_args,
-        class_weights=cfg.class_weights,
-        box_loss=cfg.box_loss,
-        topk=cfg.topk,
-        alpha=cfg.alpha,
-        beta=cfg.beta,
-        background=background,
-        num_vertices=cfg.num_vertices,
-        polygon_loss=cfg.polygon_loss,
-        convexity_weight=cfg.convexity_weight,
-    )
-
-
-def build_optimizer(model: TinyDetector, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Groups: decayed conv/linear weights, undecayed norms and biases, and the polygon head (own lr)."""
-    poly = {id(p) for p in model.head_parameters("poly")}
+    poly = {id(p) for p in model.head_parameters("poly")} if hasattr(model, "head_parameters") else set()
     groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "poly": []}
     for p in model.parameters():
         if id(p) in poly and cfg.polygon_lr is not None:
@@ -85,7 +56,8 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
 
 
 class Trainer:
-    """Train a :class:`TinyDetector` with :class:`DenseCriterion` as ``config`` says.
+    """Train the detector of ``config.model.kind`` (:mod:`detloss.train.tasks`: a :class:`TinyDetector` with
+    :class:`DenseCriterion`, a two-stage or a grid detector) as ``config`` says.
 
     Under ``torchrun`` each rank takes its slice of every global batch of ``batch_size`` images; the
     criterion's normalizers are reduced across ranks, so the step equals one process on the whole batch.
@@ -104,10 +76,15 @@ class Trainer:
             raise ValueError(f"batch_size {config.batch_size} must divide by the {self.dist.world_size} ranks")
         torch.manual_seed(config.seed)
         self.train_set, self.val_set, self.num_classes = build_datasets(config.data, config.loss.num_vertices)
+        self.unlabelled_set: Subset | None = None  # the training images left out by data.labelled_fraction
+        if config.data.labelled_fraction < 1:
+            labelled, unlabelled = split_labelled(len(self.train_set), config.data.labelled_fraction, config.seed)
+            self.unlabelled_set = Subset(self.train_set, unlabelled)
+            self.train_set = Subset(self.train_set, labelled)
         device = self.dist.device
-        self.model = TinyDetector(self.num_classes, config.loss.reg_max, config.loss.num_vertices, config.model.width)
-        self.model.to(device)
-        self.criterion = build_criterion(config.loss, self.num_classes, TinyDetector.strides).to(device)
+        self.task = build_task(config, self.num_classes)
+        self.model = self.task.model.to(device)
+        self.criterion = self.task.criterion.to(device)
         self.runner: nn.Module = self.model
         if self.dist.world_size > 1:
             self.runner = DistributedDataParallel(
@@ -151,13 +128,15 @@ class Trainer:
         )
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
-        """This rank's slice of each global batch of ``epoch``, from batch ``start`` on."""
+        """This rank's slice of each global batch of ``epoch``, from batch ``start`` on; ``targets`` also holds
+        ``image_ids (B,)``, the dataset indices (the two-stage samplers key on them)."""
         order, b, k = self._order(epoch), self.cfg.batch_size, self.dist.world_size
         per_rank = b // k
         for i in range(start, self.steps_per_epoch):
             ids = order[i * b : (i + 1) * b][self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
             samples = [load_sample(self.train_set, int(j), epoch, self.cfg.seed, self.cfg.data.hflip) for j in ids]
             images, targets = collate(samples)
+            targets["image_ids"] = ids.clone()
             yield (
                 images.to(self.dist.device),
                 {key: v.to(self.dist.device) for key, v in targets.items() if torch.is_tensor(v)},
@@ -176,15 +155,12 @@ class Trainer:
         self.criterion.set_epoch(self.step / self.steps_per_epoch)
         if balanced:  # before the forward, so the report records the weights used
             self.criterion.weights.update(self.balancer.weights(self.criterion.weights))
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
-        with autocast:
-            feats = self.runner(images)
-        feats = [f.float() for f in feats]
-        report = self.criterion(feats, targets)
+        out = self.step_loss(images, targets)
+        report = out.report
         if self.doctor is not None and self.doctor.due(self.step):
-            self.doctor.measure(self.step + 1, report, feats, self.criterion, targets)
+            self.measure(out, targets)
         if self.balancer.due(self.step):
-            self.balancer.update(report, feats)  # sets the next step's weights
+            self.balancer.update(report, out.wrt)  # sets the next step's weights
         total = report.total
         extra = self.balancer.regularizer(report)
         if extra is not None:
@@ -197,8 +173,37 @@ class Trainer:
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
+        self.after_step()
         self.step += 1
         return report
+
+    # -- what subclasses (teacher-student training) change ---------------------------------------
+
+    def step_loss(self, images: Tensor, targets: dict[str, Tensor]) -> StepOutputs:
+        """The report one step backpropagates (weights and epoch already set)."""
+        return self.forward_loss(self.runner, images, targets)
+
+    def measure(self, out: StepOutputs, targets: dict[str, Tensor]) -> None:
+        """Gradient accounting of this step (main rank, every ``doctor.every_steps``)."""
+        self.task.measure(self.doctor, self.step + 1, out, targets)
+
+    def after_step(self) -> None:
+        """Called after each optimizer step (and the EMA update), before ``step`` is incremented."""
+
+    def step_log(self) -> dict[str, float]:
+        """Scalars added to this step's ``steps.csv`` row."""
+        return self.balancer.log()
+
+    def epoch_log(self) -> dict[str, float]:
+        """Scalars added to this epoch's ``epochs.csv`` row (called once per epoch, on every rank)."""
+        return {}
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def forward_loss(self, runner: nn.Module, images: Tensor, targets: dict[str, Tensor]) -> StepOutputs:
+        """The task's loss step: ``targets`` as :meth:`batches` yields them."""
+        return self.task.loss(runner, images, targets, targets.get("image_ids"), self.autocast)
 
     def _average_balancer_grads(self) -> None:
         """DDP averages the model's gradients; do the same for the balancer's parameters."""
@@ -231,7 +236,7 @@ class Trainer:
                     sums[key] = sums.get(key, 0.0) + value
                 if main:
                     row = {"step": self.step, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **flat}
-                    row.update(self.balancer.log())
+                    row.update(self.step_log())
                     steps_log.write(row)
                     board.scalars({f"train/{k}": v for k, v in flat.items()}, self.step)
                     progress.update(i, " ".join(f"{n}={flat[n]:.3g}" for n in report))
@@ -240,6 +245,7 @@ class Trainer:
             seen = max(1, todo - start)
             row = {"epoch": epoch + 1, "step": self.step, "seconds": time.perf_counter() - t0}
             row.update({f"train/{k}": v / seen for k, v in sums.items()})
+            row.update(self.epoch_log())
             done = self.step >= self.total_steps
             if (epoch + 1) % self.cfg.eval.every_epochs == 0 or done:
                 metrics = self.evaluate()
@@ -260,7 +266,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         if self.dist.is_main:
             model = self.ema.module if self.ema is not None else self.model
-            metrics = evaluate(model, self.val_set, self.cfg, self.num_classes, self.dist.device)
+            metrics = evaluate(self.task, model, self.val_set, self.cfg, self.num_classes, self.dist.device)
         self.dist.barrier()
         return metrics
 
@@ -293,3 +299,12 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.step = state["step"]
+
+
+def build_trainer(config: TrainConfig, resume: str | Path | None = None) -> Trainer:
+    """:class:`Trainer`, or :class:`~detloss.train.semi.SemiTrainer` when ``config.semi`` is set."""
+    if config.semi is not None:
+        from detloss.train.semi import SemiTrainer
+
+        return SemiTrainer(config, resume=resume)
+    return Trainer(config, resume=resume)

@@ -1,0 +1,241 @@
+"""Teacher-student (semi-supervised) training of the dense detector: field report 004's loop, every knob named.
+
+Until ``semi.burn_in`` epochs the student trains on the labelled images alone. Then the teacher is copied
+from the student (:class:`~detloss.semi.teacher.EMATeacher`) and each step adds an unlabelled batch:
+
+1. the teacher sees the weak view (the flip the labelled images get) and its detections go through NMS and
+   then ``semi.filters`` in order (:mod:`detloss.semi.filters`): the pseudo-labels;
+2. the student sees the strong view (:func:`~detloss.semi.augment.strong_photometric`, same geometry) and
+   is trained towards the pseudo-labels by a second :class:`DenseCriterion` whose terms are reported as
+   ``u_box``, ``u_cls``, ``u_dfl`` (weight ``loss.weights`` x the ramped ``semi.unsup_weight``) and the
+   background penalty ``u_bg`` (its own ``lambda_bg`` schedule: zero during burn-in, then warm-up).
+   An unlabelled image without pseudo-boxes is all background: its anchors get the ``cls`` zero target
+   and the ``bg`` penalty, and every normalizer is floored, so the terms stay finite;
+3. after the optimizer step the teacher is updated as an EMA of the student.
+
+Logged per step: the filter statistics (``pseudo/kept_per_image``, per class, scores, adaptive thresholds),
+the pseudo-labels' precision/recall against the hidden labels of the unlabelled images
+(``pseudo/precision``, ``pseudo/recall``) and ``semi/unsup_weight``; per epoch the pseudo-labels'
+precision/recall over the epoch and, at evaluation, the student's metrics as ``val/student/*`` beside the
+teacher's ``val/*``. Single process only (the adaptive thresholds are per-process state).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from detloss.data.collate import collate
+from detloss.report import LossReport
+from detloss.semi.augment import strong_photometric
+from detloss.semi.filters import build_filters, teacher_pseudo_labels
+from detloss.semi.quality import pseudo_label_quality
+from detloss.semi.teacher import EMATeacher
+from detloss.train.config import TrainConfig
+from detloss.train.data import load_sample
+from detloss.train.evaluation import evaluate
+from detloss.train.tasks.base import StepOutputs
+from detloss.train.tasks.dense import build_background, build_criterion
+from detloss.train.trainer import Trainer
+
+__all__ = ["SemiTrainer", "detections_to_targets"]
+
+UNSUP_PREFIX = "u_"
+
+
+def detections_to_targets(dets: list[dict[str, Tensor]], image_hw: tuple[int, int]) -> dict[str, Tensor]:
+    """Per-image ``boxes (N, 4)`` xyxy px and ``labels (N,)`` as the flat collated targets of
+    :func:`detloss.data.collate.collate` (``batch_idx``, ``cls``, normalized ``cx, cy, w, h`` ``bboxes``)."""
+    h, w = image_hw
+    device = dets[0]["boxes"].device if dets else torch.device("cpu")
+    boxes = torch.cat([d["boxes"].float().reshape(-1, 4) for d in dets]) if dets else torch.zeros(0, 4)
+    counts = torch.tensor([d["boxes"].shape[0] for d in dets], device=device, dtype=torch.long)
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+    cxcywh = torch.cat(((boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]), 1) / scale
+    return {
+        "batch_idx": torch.repeat_interleave(torch.arange(len(dets), device=device), counts),
+        "cls": torch.cat([d["labels"].long().reshape(-1) for d in dets]) if dets else torch.zeros(0, dtype=torch.long),
+        "bboxes": cxcywh,
+    }
+
+
+class SemiTrainer(Trainer):
+    """:class:`Trainer` with the teacher-student loop of :mod:`detloss.train.semi` (``config.semi``)."""
+
+    def __init__(self, config: TrainConfig, resume=None) -> None:
+        if config.semi is None:
+            raise ValueError("SemiTrainer needs a `semi` section in the config")
+        if config.model.kind != "dense":
+            raise ValueError(f"semi-supervised training needs model.kind='dense', got {config.model.kind!r}")
+        if config.data.labelled_fraction >= 1:
+            raise ValueError("semi-supervised training needs data.labelled_fraction < 1 (the rest is unlabelled)")
+        self.semi = config.semi
+        super().__init__(config, resume=None)
+        if self.dist.world_size > 1:
+            raise ValueError("semi-supervised training runs in one process (not under torchrun)")
+        if not self.unlabelled_set:
+            raise ValueError("data.labelled_fraction leaves no unlabelled images")
+        loss = config.loss.model_copy(update={"normalizers": config.loss.normalizers | self.semi.normalizers})
+        background = build_background(self.semi.background, default_burn_in=self.semi.burn_in)
+        self.unsup = build_criterion(
+            loss, self.num_classes, self.task.model.strides, background=background, num_vertices=0
+        ).to(self.dist.device)
+        self.unsup_base = {t: w for t, w in self.unsup.weights.items() if t != "bg"}
+        self.filters = build_filters(self.semi.filters, self.num_classes).to(self.dist.device)
+        self.teacher: EMATeacher | None = None
+        self.burn_in_steps = round(self.semi.burn_in * self.steps_per_epoch)
+        self.unlabelled_batch = self.semi.unlabelled_batch_size or config.batch_size
+        self._step_stats: dict[str, float] = {}
+        self._epoch_counts = {"tp": 0.0, "fp": 0.0, "fn": 0.0}
+        if resume is not None:
+            self.load(resume)
+
+    # -- schedule -----------------------------------------------------------------------------
+
+    def unsup_weight(self, epoch: float) -> float:
+        """``semi.unsup_weight`` ramped linearly over ``unsup_warmup`` epochs after burn-in (0 before)."""
+        since = epoch - self.semi.burn_in
+        if since < 0:
+            return 0.0
+        if self.semi.unsup_warmup == 0:
+            return self.semi.unsup_weight
+        return self.semi.unsup_weight * min(1.0, since / self.semi.unsup_warmup)
+
+    # -- the unlabelled stream --------------------------------------------------------------------
+
+    def unlabelled_ids(self, step: int) -> list[int]:
+        """Indices into the unlabelled set for ``step``: consecutive slices of seeded permutations."""
+        n, b = len(self.unlabelled_set), self.unlabelled_batch
+        start = (step - self.burn_in_steps) * b
+        ids = []
+        for pos in range(start, start + b):
+            cycle, i = divmod(pos, n)
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7 * cycle + 1)
+            ids.append(int(torch.randperm(n, generator=g)[i]))
+        return ids
+
+    def unlabelled_batch_at(self, step: int) -> tuple[Tensor, list[dict[str, Tensor]], list[int]]:
+        """Weak views ``(B_u, 3, H, W)`` of ``step``'s unlabelled images and their hidden labels."""
+        ids = self.unlabelled_ids(step)
+        epoch = step // self.steps_per_epoch
+        samples = [load_sample(self.unlabelled_set, i, epoch, self.cfg.seed + 1, self.cfg.data.hflip) for i in ids]
+        images, _ = collate(samples)
+        hidden = [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples]
+        return images.to(self.dist.device), hidden, ids
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def step_loss(self, images: Tensor, targets: dict[str, Tensor]) -> StepOutputs:
+        if self.step < self.burn_in_steps:
+            self._step_stats = {"semi/unsup_weight": 0.0}
+            return super().step_loss(images, targets)
+        if self.teacher is None:
+            self.teacher = EMATeacher(self.model, self.semi.teacher_decay, self.semi.teacher_ramp)
+        sup = super().step_loss(images, targets)
+        weak, hidden, _ = self.unlabelled_batch_at(self.step)
+        pseudo = self.pseudo_labels(weak)
+        quality = pseudo_label_quality([{k: v.cpu() for k, v in p.items()} for p in pseudo], hidden,
+                                       iou=self.semi.quality_iou)  # fmt: skip
+        for key in self._epoch_counts:
+            self._epoch_counts[key] += float(quality[key])
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        strong = strong_photometric(weak, gen, **self.semi.strong.model_dump())
+        unsup = self.unsup_loss(strong, detections_to_targets(pseudo, tuple(strong.shape[-2:])))
+        epoch = self.step / self.steps_per_epoch
+        self._step_stats = {
+            **self.filters.stats(),
+            "pseudo/precision": float(quality["precision"]),
+            "pseudo/recall": float(quality["recall"]),
+            "semi/unsup_weight": self.unsup_weight(epoch),
+        }
+        terms = dict(sup.report.items()) | {UNSUP_PREFIX + k: v for k, v in unsup.report.items()}
+        report = LossReport(terms, scale=sup.report.scale)
+        return StepOutputs(report, sup.wrt + unsup.wrt, None)
+
+    @torch.no_grad()
+    def pseudo_labels(self, weak: Tensor) -> list[dict[str, Tensor]]:
+        """The teacher's detections on ``weak`` after NMS and the filters (``boxes``, ``scores``, ``labels``)."""
+        teacher = self.teacher.module
+        feats = [f.float() for f in teacher(weak)]
+        loss = self.cfg.loss
+        candidates = teacher_pseudo_labels(
+            feats,
+            teacher.strides,
+            self.num_classes,
+            loss.reg_max,
+            num_vertices=loss.num_vertices,
+            conf=self.semi.candidate_conf,
+            iou=self.semi.nms_iou,
+            max_det=self.semi.max_pseudo,
+        )
+        return self.filters(candidates)
+
+    def unsup_loss(self, strong: Tensor, pseudo_targets: dict[str, Tensor]) -> StepOutputs:
+        """The unlabelled terms of the student on ``strong`` against the pseudo-labels (no polygon term)."""
+        epoch = self.step / self.steps_per_epoch
+        self.unsup.set_epoch(epoch)  # lambda_bg
+        ramp = self.unsup_weight(epoch)
+        for term, base in self.unsup_base.items():
+            self.unsup.weights[term] = base * ramp if term in self.semi.unsup_terms else 0.0
+        with self.autocast():
+            feats = self.runner(strong)
+        channels = self.unsup.num_channels
+        feats = [f.float()[:, :channels] for f in feats]  # the box and class channels
+        return StepOutputs(self.unsup(feats, pseudo_targets), feats, None)
+
+    def measure(self, out: StepOutputs, targets: dict[str, Tensor]) -> None:
+        if out.outputs is None:  # a combined step: no single head output for the dense dependency masks
+            self.doctor.measure_outputs(self.step + 1, out.report, out.wrt)
+        else:
+            super().measure(out, targets)
+
+    def after_step(self) -> None:
+        if self.teacher is not None:
+            self.teacher.update(self.model)
+
+    # -- logs and evaluation -------------------------------------------------------------------
+
+    def step_log(self) -> dict[str, float]:
+        return {**super().step_log(), **self._step_stats}
+
+    def epoch_log(self) -> dict[str, float]:
+        c = self._epoch_counts
+        row = {}
+        if c["tp"] + c["fp"] + c["fn"] > 0:
+            found = c["tp"] + c["fp"]
+            row["pseudo/precision"] = c["tp"] / found if found else float("nan")
+            row["pseudo/recall"] = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else float("nan")
+            row["pseudo/kept"] = found
+        self._epoch_counts = {k: 0.0 for k in c}
+        return row
+
+    def evaluate(self) -> dict[str, float]:
+        """The teacher's metrics (before burn-in ends: the EMA's or the student's) and the student's as
+        ``student/*``."""
+        device = self.dist.device
+        if self.teacher is not None:
+            evaluated = self.teacher.module
+        else:
+            evaluated = self.ema.module if self.ema is not None else self.model
+        metrics = evaluate(self.task, evaluated, self.val_set, self.cfg, self.num_classes, device)
+        student = evaluate(self.task, self.model, self.val_set, self.cfg, self.num_classes, device)
+        metrics.update({f"student/{k}": v for k, v in student.items() if "/" not in k})
+        return metrics
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["teacher"] = self.teacher.state_dict() if self.teacher is not None else None
+        state["filters"] = self.filters.state_dict()
+        state["unsup"] = self.unsup.state_dict()
+        return state
+
+    def load(self, path) -> None:
+        super().load(path)
+        state = torch.load(path, map_location=self.dist.device, weights_only=False)
+        if state.get("teacher") is not None:
+            self.teacher = EMATeacher(self.model, self.semi.teacher_decay, self.semi.teacher_ramp)
+            self.teacher.load_state_dict(state["teacher"])
+        self.filters.load_state_dict(state["filters"])
+        self.unsup.load_state_dict(state["unsup"])

@@ -1,0 +1,93 @@
+"""The one-stage kind: :class:`TinyDetector` trained by :class:`DenseCriterion` (boxes, classes, polygons)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from detloss.criteria.dense import BackgroundPenalty, DenseCriterion
+from detloss.evaluate import decode_dense
+from detloss.geometry.hull import convex_hull
+from detloss.models import TinyDetector
+from detloss.schedule import WarmupSchedule
+from detloss.train.config import BackgroundConfig, LossConfig, TrainConfig
+from detloss.train.tasks.base import Autocast, StepOutputs, Task
+
+
+def build_background(b: BackgroundConfig | None, default_burn_in: float = 0.0) -> BackgroundPenalty | None:
+    """The ``bg`` term's penalty and ``lambda_bg`` schedule; ``burn_in: null`` takes ``default_burn_in``."""
+    if b is None:
+        return None
+    burn_in = default_burn_in if b.burn_in is None else b.burn_in
+    schedule = WarmupSchedule(b.max_value, burn_in, b.warmup, b.mode)
+    return BackgroundPenalty(b.kind, schedule=schedule, gamma=b.gamma, logit_clamp=b.logit_clamp)
+
+
+def build_criterion(
+    cfg: LossConfig,
+    num_classes: int,
+    strides: tuple[int, ...],
+    *,
+    background: BackgroundPenalty | None = None,
+    num_vertices: int | None = None,
+) -> DenseCriterion:
+    """:class:`DenseCriterion` from ``cfg`` (``background`` / ``num_vertices``: replace ``cfg``'s)."""
+    return DenseCriterion(
+        num_classes,
+        strides,
+        cfg.reg_max,
+        preset=cfg.preset,
+        weights=cfg.weights,
+        normalizers=cfg.normalizers,
+        cls_loss=cfg.cls_loss,
+        cls_loss_args=cfg.cls_loss_args,
+        class_weights=cfg.class_weights,
+        box_loss=cfg.box_loss,
+        topk=cfg.topk,
+        alpha=cfg.alpha,
+        beta=cfg.beta,
+        background=background if background is not None else build_background(cfg.background),
+        num_vertices=cfg.num_vertices if num_vertices is None else num_vertices,
+        polygon_loss=cfg.polygon_loss,
+        convexity_weight=cfg.convexity_weight,
+    )
+
+
+class DenseTask(Task):
+    kind = "dense"
+
+    def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
+        self.cfg = cfg.loss
+        self.num_classes = num_classes
+        self.model = TinyDetector(num_classes, cfg.loss.reg_max, cfg.loss.num_vertices, cfg.model.width)
+        self.criterion = build_criterion(cfg.loss, num_classes, TinyDetector.strides)
+        self.has_polygons = cfg.loss.num_vertices > 0
+
+    def loss(
+        self, runner: nn.Module, images: Tensor, targets: dict[str, Tensor], image_ids, autocast: Autocast
+    ) -> StepOutputs:
+        with autocast():
+            feats = runner(images)
+        feats = [f.float() for f in feats]
+        return StepOutputs(self.criterion(feats, targets), feats, feats)
+
+    def measure(self, doctor, step: int, out: StepOutputs, targets: dict[str, Tensor]) -> None:
+        doctor.measure(step, out.report, out.outputs, self.criterion, targets)
+
+    def predict(self, model: nn.Module, images: Tensor, conf: float, iou: float, max_det: int) -> list[dict]:
+        """A predicted polygon is the convex hull of its K vertices: MGIoU trains the vertex set's extent,
+        not an order."""
+        feats = model(images)
+        preds = decode_dense(
+            [f.float() for f in feats],
+            TinyDetector.strides,
+            self.num_classes,
+            self.cfg.reg_max,
+            num_vertices=self.cfg.num_vertices,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
+        )
+        for p in preds:
+            if "polygons" in p:
+                p["polygons"], p["polygon_valid"] = convex_hull(p["polygons"])
+        return preds

@@ -1,0 +1,100 @@
+"""The two-stage kind: :class:`TinyTwoStage` (RPN, box and mask heads) trained by :class:`TwoStageCriterion`."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from detloss.criteria.roi import ROICriterion
+from detloss.criteria.rpn import RPNCriterion
+from detloss.criteria.two_stage import TwoStageCriterion
+from detloss.models import TinyTwoStage
+from detloss.train.config import TrainConfig
+from detloss.train.tasks.base import Autocast, StepOutputs, Task, per_image
+
+
+def build_two_stage_criterion(cfg: TrainConfig, num_classes: int) -> TwoStageCriterion:
+    r, o = cfg.rpn, cfg.roi
+    rpn = RPNCriterion(
+        r.weights,
+        r.normalizers,
+        pos_weight=r.pos_weight,
+        box_loss=r.box_loss,
+        beta=r.beta,
+        sample_num=r.sample_num,
+        pos_fraction=r.pos_fraction,
+        pos_iou=r.pos_iou,
+        neg_iou=r.neg_iou,
+        min_pos_iou=r.min_pos_iou,
+        allow_low_quality=r.allow_low_quality,
+        seed=cfg.seed,
+    )
+    roi = ROICriterion(
+        num_classes,
+        o.weights,
+        o.normalizers,
+        fg_weight=o.fg_weight,
+        label_smoothing=o.label_smoothing,
+        mask_size=o.mask_size,
+        with_mask=o.with_mask,
+        beta=o.beta,
+        sample_num=o.sample_num,
+        pos_fraction=o.pos_fraction,
+        pos_iou=o.pos_iou,
+        neg_iou=o.neg_iou,
+        min_pos_iou=o.min_pos_iou,
+        seed=cfg.seed + 1,
+    )
+    return TwoStageCriterion(rpn, roi)
+
+
+class TwoStageTask(Task):
+    """One step: backbone + RPN (``runner``), the RPN's proposals plus the GT boxes (no gradient), the ROI
+    criterion's assignment and sampling, then the box head on the sampled ROIs and the mask head on their
+    positives only (the mask term reads nothing else), and the five terms."""
+
+    kind = "two_stage"
+
+    def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
+        m = cfg.model
+        self.model = TinyTwoStage(
+            num_classes,
+            width=m.width,
+            mask_size=cfg.roi.mask_size,
+            proposals_train=m.proposals_train,
+            proposals_test=m.proposals_test,
+        )
+        self.criterion = build_two_stage_criterion(cfg, num_classes)
+
+    def loss(
+        self, runner: nn.Module, images: Tensor, targets: dict[str, Tensor], image_ids, autocast: Autocast
+    ) -> StepOutputs:
+        model: TinyTwoStage = self.model
+        hw = tuple(images.shape[-2:])
+        _, gts = per_image(targets, images.shape[0], hw)
+        with autocast():
+            out = runner(images)
+        gt_boxes = [g["boxes"] for g in gts]
+        rois, roi_image = model.proposals(out, hw, gt_boxes=gt_boxes)
+        roi = self.criterion.roi
+        sample = roi.assign(rois, roi_image, gts, image_ids)
+        rois, roi_image = rois[sample.sampled], roi_image[sample.sampled]
+        # the sampled set samples to itself, so the criterion's own assignment keeps it whole
+        positives = sample.pos[sample.sampled].nonzero().squeeze(1) if roi.with_mask else None
+        features = out["features"]
+        with autocast():
+            if roi.with_mask:
+                cls_logits, box_deltas, mask_logits = model.roi_heads(features, rois, roi_image, positives)
+            else:
+                (cls_logits, box_deltas), mask_logits = model.box_head(features, rois, roi_image), None
+        objectness, rpn_deltas = out["objectness"].float(), out["rpn_deltas"].float()
+        heads = [cls_logits.float(), box_deltas.float()] + ([mask_logits.float()] if mask_logits is not None else [])
+        anchors = model.anchors(hw, images.device)
+        report = self.criterion(
+            (objectness, rpn_deltas, anchors, gt_boxes),
+            (*heads[:2], heads[2] if len(heads) > 2 else None, rois, roi_image, gts),
+            image_ids,
+        )
+        return StepOutputs(report, [objectness, rpn_deltas, *heads])
+
+    def predict(self, model: nn.Module, images: Tensor, conf: float, iou: float, max_det: int) -> list[dict]:
+        return model.predict(images, conf=conf, iou=iou, max_det=max_det)
