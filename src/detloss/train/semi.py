@@ -14,6 +14,7 @@ from the student (:class:`~detloss.semi.teacher.EMATeacher`) and each step adds 
 3. after the optimizer step the teacher is updated as an EMA of the student.
 
 Logged per step: the filter statistics (``pseudo/kept_per_image``, per class, scores, adaptive thresholds),
+the unlabelled images left without any pseudo-box (``pseudo/empty_images``),
 the pseudo-labels' precision/recall against the hidden labels of the unlabelled images
 (``pseudo/precision``, ``pseudo/recall``) and ``semi/unsup_weight``; per epoch the pseudo-labels'
 precision/recall over the epoch and, at evaluation, the student's metrics as ``val/student/*`` beside the
@@ -144,6 +145,7 @@ class SemiTrainer(Trainer):
         epoch = self.step / self.steps_per_epoch
         self._step_stats = {
             **self.filters.stats(),
+            "pseudo/empty_images": float(sum(p["boxes"].shape[0] == 0 for p in pseudo)),
             "pseudo/precision": float(quality["precision"]),
             "pseudo/recall": float(quality["recall"]),
             "semi/unsup_weight": self.unsup_weight(epoch),

@@ -1,0 +1,72 @@
+"""A short teacher-student run on the shapes data (issue 8): the unlabelled terms stay finite on images
+without pseudo-boxes, everything the loop promises is logged, and the teacher is the student's EMA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from detloss.testing.tiny import TINY_RUN
+from detloss.train.config import load_config
+from detloss.train.logs import read_csv
+from detloss.train.semi import SemiTrainer
+from detloss.train.trainer import build_trainer
+
+SEMI = [
+    *TINY_RUN, "data.train_images=48", "data.labelled_fraction=0.25", "batch_size=4", "epochs=4",
+    "eval.every_epochs=2", "semi={burn_in: 1, unsup_warmup: 1, teacher_decay: 0.9, candidate_conf: 0.001}",
+]  # fmt: skip
+#: Keeps nearly every teacher candidate: pseudo-boxes on every image, even from an untrained teacher.
+KEEP_ALL = "semi.filters=[{kind: score, threshold: 0.002}]"
+
+
+def test_semi_run_is_finite_without_pseudo_boxes_and_logs_the_loop(tmp_path):
+    trainer = build_trainer(load_config(None, [*SEMI, f"out_dir={tmp_path}"]))
+    assert isinstance(trainer, SemiTrainer)
+    assert len(trainer.train_set) == 12 and len(trainer.unlabelled_set) == 36
+    metrics = trainer.fit()
+    steps = read_csv(tmp_path / "steps.csv")
+    burn_in, semi = steps[:3], steps[3:]
+    assert all(math.isnan(r.get("u_cls", math.nan)) for r in burn_in)  # supervised only during burn-in
+    assert all(r["semi/unsup_weight"] == 0 for r in burn_in)
+    unsup = ["u_box", "u_cls", "u_dfl", "u_bg"]
+    assert all(math.isfinite(r[t]) for r in semi for t in unsup)
+    # the default filters keep nothing of a barely trained teacher: every unlabelled image is all background
+    assert all(r["pseudo/empty_images"] == 4 and r["pseudo/kept_per_image"] == 0 for r in semi)
+    assert all(r["u_box"] == 0 for r in semi) and all(r["u_cls"] > 0 for r in semi[1:])  # weight 0 at first
+    # the unsupervised weight ramps over one epoch (3 steps) after burn-in; lambda_bg (warm-up 2 epochs) too
+    assert [r["semi/unsup_weight"] for r in semi[:4]] == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert semi[0]["u_bg/weight"] == 0 and semi[-1]["u_bg/weight"] > 0
+    for key in ("pseudo/precision", "pseudo/recall", "pseudo/threshold/0", "pseudo/score_mean"):
+        assert key in semi[0]
+    epochs = read_csv(tmp_path / "epochs.csv")
+    assert "pseudo/precision" in epochs[-1] and "val/student/map50" in epochs[-1]
+    assert {"map50", "student/map50", "student/precision", "student/recall"} <= set(metrics)
+
+
+def test_teacher_is_the_ema_of_the_student_and_gets_no_gradient(tmp_path):
+    trainer = build_trainer(load_config(None, [*SEMI, KEEP_ALL, f"out_dir={tmp_path}", "max_steps=5"]))
+    trainer.fit()  # steps 0-2 burn-in, 3-4 semi: the teacher was copied at step 3, updated twice
+    semi = read_csv(tmp_path / "steps.csv")[3:]
+    assert all(r["pseudo/kept_per_image"] > 0 and r["u_box/num_pos"] > 0 for r in semi)
+    assert all(math.isfinite(r[t]) and r[t] > 0 for r in semi[1:] for t in ("u_box", "u_cls", "u_dfl"))
+    teacher = trainer.teacher
+    assert teacher is not None and teacher.updates == 2
+    assert all(not p.requires_grad and p.grad is None for p in teacher.module.parameters())
+    before = {k: v.clone() for k, v in teacher.module.state_dict().items()}
+    student = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    d = teacher.current_decay()
+    assert d == pytest.approx(min(0.9, 1 - 1 / 4))
+    teacher.update(trainer.model)
+    for k, v in teacher.module.state_dict().items():
+        if v.dtype.is_floating_point:
+            torch.testing.assert_close(v, d * before[k] + (1 - d) * student[k])
+
+
+def test_semi_needs_unlabelled_images_and_the_dense_kind(tmp_path):
+    with pytest.raises(ValueError, match="labelled_fraction"):
+        build_trainer(load_config(None, [*TINY_RUN, f"out_dir={tmp_path}", "semi={}"]))
+    with pytest.raises(ValueError, match="dense"):
+        build_trainer(load_config(None, [*SEMI, f"out_dir={tmp_path}", "model.kind=grid"]))
