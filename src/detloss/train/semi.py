@@ -108,11 +108,13 @@ class SemiTrainer(Trainer):
         """Indices into the unlabelled set for ``step``: consecutive slices of seeded permutations."""
         n, b = len(self.unlabelled_set), self.unlabelled_batch
         start = (step - self.burn_in_steps) * b
-        ids = []
+        ids, orders = [], {}
         for pos in range(start, start + b):
             cycle, i = divmod(pos, n)
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7 * cycle + 1)
-            ids.append(int(torch.randperm(n, generator=g)[i]))
+            if cycle not in orders:  # one permutation per pass over the unlabelled images
+                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7 * cycle + 1)
+                orders[cycle] = torch.randperm(n, generator=g)
+            ids.append(int(orders[cycle][i]))
         return ids
 
     def unlabelled_batch_at(self, step: int) -> tuple[Tensor, list[dict[str, Tensor]], list[int]]:
