@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from detloss.criteria.targets import PaddedTargets, pad_targets
+from detloss.criteria.targets import pad_targets
 from detloss.report import LossReport
 
 #: A context manager factory: ``torch.autocast(...)`` on CUDA with bf16, else ``nullcontext``.
@@ -60,9 +60,9 @@ class Task:
         raise NotImplementedError
 
 
-def per_image(targets: dict[str, Tensor], batch_size: int, image_hw: tuple[int, int]) -> tuple[PaddedTargets, list]:
-    """Collated targets as padded pixel tensors and as one dict per image (``boxes``, ``labels`` and, when
-    collated, ``polygons`` with ``polygon_counts``)."""
+def per_image(targets: dict[str, Tensor], batch_size: int, image_hw: tuple[int, int]) -> list[dict[str, Tensor]]:
+    """Collated targets as one dict of pixel tensors per image (``boxes``, ``labels`` and, when collated,
+    ``polygons`` with ``polygon_counts``)."""
     device = targets["bboxes"].device
     padded = pad_targets(targets, batch_size, image_hw, device)
     images = []
@@ -73,4 +73,4 @@ def per_image(targets: dict[str, Tensor], batch_size: int, image_hw: tuple[int, 
             item["polygons"] = padded.polygons[b][keep]
             item["polygon_counts"] = padded.polygon_valid[b][keep].sum(-1)
         images.append(item)
-    return padded, images
+    return images

@@ -33,7 +33,7 @@ class GridTask(Task):
         self, runner: nn.Module, images: Tensor, targets: dict[str, Tensor], image_ids, autocast: Autocast
     ) -> StepOutputs:
         hw = tuple(images.shape[-2:])
-        _, gts = per_image(targets, images.shape[0], hw)
+        gts = per_image(targets, images.shape[0], hw)
         with autocast():
             out = runner(images)
         out = {k: v.float() for k, v in out.items()}

@@ -70,7 +70,7 @@ class TwoStageTask(Task):
     ) -> StepOutputs:
         model: TinyTwoStage = self.model
         hw = tuple(images.shape[-2:])
-        _, gts = per_image(targets, images.shape[0], hw)
+        gts = per_image(targets, images.shape[0], hw)
         with autocast():
             out = runner(images)
         gt_boxes = [g["boxes"] for g in gts]
@@ -87,14 +87,16 @@ class TwoStageTask(Task):
             else:
                 (cls_logits, box_deltas), mask_logits = model.box_head(features, rois, roi_image), None
         objectness, rpn_deltas = out["objectness"].float(), out["rpn_deltas"].float()
-        heads = [cls_logits.float(), box_deltas.float()] + ([mask_logits.float()] if mask_logits is not None else [])
+        cls_logits, box_deltas = cls_logits.float(), box_deltas.float()
+        mask_logits = mask_logits.float() if mask_logits is not None else None
         anchors = model.anchors(hw, images.device)
         report = self.criterion(
             (objectness, rpn_deltas, anchors, gt_boxes),
-            (*heads[:2], heads[2] if len(heads) > 2 else None, rois, roi_image, gts),
+            (cls_logits, box_deltas, mask_logits, rois, roi_image, gts),
             image_ids,
         )
-        return StepOutputs(report, [objectness, rpn_deltas, *heads])
+        heads = [t for t in (objectness, rpn_deltas, cls_logits, box_deltas, mask_logits) if t is not None]
+        return StepOutputs(report, heads)
 
     def predict(self, model: nn.Module, images: Tensor, conf: float, iou: float, max_det: int) -> list[dict]:
         return model.predict(images, conf=conf, iou=iou, max_det=max_det)
