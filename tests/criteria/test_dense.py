@@ -127,6 +127,36 @@ def test_background_penalty_is_the_hand_computed_mean_when_every_anchor_is_backg
     assert report["bg"].value.item() == pytest.approx(1.5 * by_hand / 4, rel=1e-6)
 
 
+def test_ignored_anchors_leave_cls_and_bg_but_positives_are_never_ignored():
+    # The 4 all-background anchors of the test above, anchors 1 and 2 ignored: cls is the BCE against 0,
+    # softplus(x), summed over the 2 kept anchors' classes (target_sum floors at 1); bg is their mean.
+    crit = _one_level()
+    cls_logits = [[0.0, -2.0], [1.0, 3.0], [-1.0, -4.0], [2.0, 0.5]]
+    feats = torch.zeros(1, 4 * 4 + 2, 2, 2)
+    feats[0, 16:].copy_(torch.tensor(cls_logits).T.reshape(2, 2, 2))
+    feats.requires_grad_(True)
+    empty = {"batch_idx": torch.zeros(0), "cls": torch.zeros(0), "bboxes": torch.zeros(0, 4)}
+    ignore = torch.tensor([[False, True, True, False]])
+    report = crit([feats], empty, ignore=ignore)
+    kept = [cls_logits[0], cls_logits[3]]
+    softplus = sum(math.log1p(math.exp(x)) for row in kept for x in row)
+    assert report["cls"].value.item() == pytest.approx(0.5 * softplus, rel=1e-6)
+    assert report["cls"].num_elements.item() == 4
+    sig = [1 / (1 + math.exp(-max(row))) for row in kept]
+    assert report["bg"].value.item() == pytest.approx(1.5 * sum(sig) / 2, rel=1e-6)
+    assert report["bg"].normalizer.item() == 2.0
+    report.total.backward()
+    grad = feats.grad[0, 16:].flatten(1)  # (2 classes, 4 anchors)
+    assert torch.equal(grad[:, 1:3], torch.zeros(2, 2)) and (grad[:, [0, 3]] != 0).all()
+
+    # All four anchors are positives of a whole-image GT (see above): ignoring every anchor changes nothing.
+    whole = {"batch_idx": torch.tensor([0]), "cls": torch.tensor([1]), "bboxes": torch.tensor([[0.5, 0.5, 1.0, 1.0]])}
+    plain, ignoring = crit([feats], whole), crit([feats], whole, ignore=torch.ones(1, 4, dtype=torch.bool))
+    assert ignoring["cls"].value.item() == plain["cls"].value.item() and ignoring["cls"].num_elements.item() == 8
+    with pytest.raises(ValueError, match=r"ignore must be a bool tensor of shape \(B, A\) = \(1, 4\)"):
+        crit([feats], empty, ignore=torch.ones(1, 5, dtype=torch.bool))
+
+
 def test_background_weight_follows_its_schedule():
     crit = _one_level(schedule=WarmupSchedule(max_value=2.0, burn_in=3, warmup=4))
     seen = []

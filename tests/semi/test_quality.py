@@ -55,6 +55,17 @@ def test_wrong_class_is_one_fp_and_one_fn():
     assert (q["tp"], q["fp"], q["fn"], q["precision"], q["recall"]) == (0, 1, 1, 0.0, 0.0)
 
 
+def test_class_agnostic_matching_counts_a_well_placed_box_of_the_wrong_class():
+    # A is in the right place with the wrong class; C overlaps no ground truth; B is missed
+    pseudo = [_p([A, C], [0.9, 0.8], [1, 0])]
+    gts = [_g([A, B], [0, 0])]
+    aware = pseudo_label_quality(pseudo, gts)
+    agnostic = pseudo_label_quality(pseudo, gts, class_aware=False)
+    assert (aware["tp"], aware["fp"], aware["fn"]) == (0, 2, 2)
+    assert (agnostic["tp"], agnostic["fp"], agnostic["fn"]) == (1, 1, 1)
+    assert agnostic["precision"] == 0.5 and agnostic["recall"] == 0.5
+
+
 def test_greedy_by_score_takes_the_best_iou_and_matches_each_gt_once():
     near_a = [0.0, 0.0, 10.0, 9.0]  # IoU 90 / 100 = 0.9 with A, 50 / 90 = 0.556 with A_SHIFT
     pseudo = [_p([A_SHIFT, near_a], [0.5, 0.9], [0, 0])]

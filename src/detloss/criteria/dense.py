@@ -211,12 +211,21 @@ class DenseCriterion(TermCriterion):
         if self.background is not None and self.background.schedule is not None:
             self.weights["bg"] = self.background.schedule.value(epoch)
 
-    def forward(self, feats: Sequence[Tensor], targets: Mapping[str, Tensor]) -> LossReport:
+    def forward(
+        self, feats: Sequence[Tensor], targets: Mapping[str, Tensor], *, ignore: Tensor | None = None
+    ) -> LossReport:
+        """The terms of ``feats`` against ``targets``.
+
+        ``ignore``: optional ``(B, A)`` bool, anchors (in level-then-row-major order) that are neither
+        positive nor negative: their class elements and ``bg`` penalty are left out (a positive
+        anchor is never ignored). Semi-supervised training passes the anchors a teacher is unsure of.
+        """
         head = self._split(feats)
         t = self._assign(head, targets)
         fg = t.fg
         num_pos = fg.sum()
-        denom = denominators(self.normalizers, self._counts(t, head), device=fg.device)
+        ignore = self._check_ignore(ignore, head, fg)
+        denom = denominators(self.normalizers, self._counts(t, head, ignore), device=fg.device)
         anchor = head.cls[0]  # any prediction tensor: keeps empty terms attached to the graph
 
         pos_logits = head.gather(head.box, t.image, t.anchor)  # (P, 4 * reg_max)
@@ -224,8 +233,8 @@ class DenseCriterion(TermCriterion):
         terms = {}
         box_el = iou_loss(dist2bbox(pos_ltrb, t.points), t.boxes, kind=self.box_loss)
         terms["box"] = self._term("box", box_el, denom, weights=t.weight, num_pos=num_pos, anchor=anchor)
-        cls_el = self._cls_elements(head, t)
-        num_cls = head.batch_size * head.num_anchors * self.num_classes
+        cls_el = self._cls_elements(head, t, ignore)
+        num_cls = (head.batch_size * head.num_anchors - _count(ignore)) * self.num_classes
         terms["cls"] = self._term("cls", cls_el, denom, num_pos=num_pos, anchor=anchor, num_elements=num_cls)
         target_ltrb = bbox2dist(t.points, t.boxes)
         if self.reg_max > 1:
@@ -238,7 +247,10 @@ class DenseCriterion(TermCriterion):
             poly_el = self._polygon_elements(t.points[:, None, :] + offsets, t.polygons, t.polygon_valid)
             terms["poly"] = self._term("poly", poly_el, denom, weights=t.weight, num_pos=num_pos, anchor=head.poly[0])
         if self.background is not None:
-            terms["bg"] = self._term("bg", self._background_elements(head, fg), denom, num_pos=num_pos, anchor=anchor)
+            negative = ~fg if ignore is None else ~(fg | ignore)
+            terms["bg"] = self._term(
+                "bg", self._background_elements(head, negative), denom, num_pos=num_pos, anchor=anchor
+            )
         return LossReport(terms, scale=head.batch_size if self.preset == "ultralytics" else 1)
 
     def assign(self, feats: Sequence[Tensor], targets: Mapping[str, Tensor]) -> DenseTargets:
@@ -306,9 +318,22 @@ class DenseCriterion(TermCriterion):
             polygon_valid=polygon_valid,
         )
 
-    def _counts(self, t: DenseTargets, head: HeadOutputs) -> dict[str, dict[str, Tensor | float]]:
+    def _check_ignore(self, ignore: Tensor | None, head: HeadOutputs, fg: Tensor) -> Tensor | None:
+        """``ignore`` as a ``(B, A)`` bool on the head's device, positives removed."""
+        if ignore is None:
+            return None
+        shape = (head.batch_size, head.num_anchors)
+        if not isinstance(ignore, Tensor) or ignore.dtype != torch.bool or tuple(ignore.shape) != shape:
+            got = tuple(ignore.shape) if isinstance(ignore, Tensor) else type(ignore).__name__
+            raise ValueError(f"ignore must be a bool tensor of shape (B, A) = {shape}, got {got}")
+        return ignore.to(fg.device) & ~fg
+
+    def _counts(
+        self, t: DenseTargets, head: HeadOutputs, ignore: Tensor | None
+    ) -> dict[str, dict[str, Tensor | float]]:
         b, c, a = head.batch_size, self.num_classes, head.num_anchors
         num_pos = t.fg.sum()
+        num_ignored = _count(ignore)
         shared = {
             "num_pos": num_pos,
             "target_sum": t.weight.sum(),
@@ -316,14 +341,15 @@ class DenseCriterion(TermCriterion):
             "images_with_fg": t.fg.any(1).sum(),
             "num_cells": float(a),
         }
-        counts: dict[str, dict[str, Tensor | float]] = {"*": shared, "cls": {"num_elements": float(b * a * c)}}
+        counts: dict[str, dict[str, Tensor | float]] = {"*": shared, "cls": {"num_elements": (b * a - num_ignored) * c}}
         for term in ("box", "dfl", "poly"):
             counts[term] = {"num_elements": num_pos}
-        counts["bg"] = {"num_elements": b * a - num_pos}
+        counts["bg"] = {"num_elements": b * a - num_pos - num_ignored}
         return counts
 
-    def _cls_elements(self, head: HeadOutputs, t: DenseTargets) -> list[Tensor]:
-        """Per anchor-class losses against the soft targets: one ``(B, C, HW)`` piece per level.
+    def _cls_elements(self, head: HeadOutputs, t: DenseTargets, ignore: Tensor | None = None) -> list[Tensor]:
+        """Per anchor-class losses against the soft targets: one ``(B, C, HW)`` piece per level,
+        zero at ignored anchors.
 
         The target is zero except at each positive's class; plain BCE uses that directly
         (:func:`bce_with_sparse_targets`), the other losses get a dense target per level.
@@ -331,6 +357,7 @@ class DenseCriterion(TermCriterion):
         pieces = []
         cw = None if self.class_weights is None else self.class_weights.view(1, -1, 1)
         plain_bce = self.cls_loss == "bce" and not self.cls_loss_args
+        keep = None if ignore is None else (~ignore).float().split([h * w for h, w in head.sizes], 1)
         for level, mask, local in head.levels(t.anchor):
             logits = head.cls[level]
             index = (t.image[mask], t.labels[mask], local)
@@ -340,16 +367,18 @@ class DenseCriterion(TermCriterion):
                 target = torch.zeros(logits.shape, device=logits.device)
                 target[index] = t.weight[mask]
                 el = CLS_LOSSES[self.cls_loss](logits, target, **self.cls_loss_args)
-            pieces.append(el if cw is None else el * cw)
+            if cw is not None:
+                el = el * cw
+            pieces.append(el if keep is None else el * keep[level][:, None, :])
         return pieces
 
-    def _background_elements(self, head: HeadOutputs, fg: Tensor) -> Tensor:
-        """Penalty per background anchor; ``(N_bg,)``."""
+    def _background_elements(self, head: HeadOutputs, negative: Tensor) -> Tensor:
+        """Penalty per ``negative`` (``(B, A)`` bool) anchor; ``(N_bg,)``."""
         p = self.background
         if p.kind == "max":  # the max over classes first: no (N_bg, C) copy
-            top = torch.cat([c.amax(1) for c in head.cls], 1)[~fg]
+            top = torch.cat([c.amax(1) for c in head.cls], 1)[negative]
             return max_score_penalty(top[:, None], logit_clamp=p.logit_clamp)
-        logits = torch.cat(head.cls, 2).transpose(1, 2)[~fg]
+        logits = torch.cat(head.cls, 2).transpose(1, 2)[negative]
         return focal_background(logits, gamma=p.gamma, logit_clamp=p.logit_clamp)
 
     def _polygon_elements(self, pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
@@ -364,6 +393,10 @@ class DenseCriterion(TermCriterion):
         el = (l1 if self.polygon_loss == "l1" else mse)(pred, target).sum(-1)  # (P, K)
         v = valid.float()
         return (el * v).sum(-1) / v.sum(-1).clamp_min(1.0)  # valid vertices only; clamp: a vertex count
+
+
+def _count(mask: Tensor | None) -> Tensor | int:
+    return 0 if mask is None else mask.sum()
 
 
 def _nonzero(boxes: Tensor) -> Tensor:

@@ -2,8 +2,9 @@
 
 Matching is class-aware and greedy by score, as in COCO evaluation at one IoU threshold: per image, the
 pseudo-labels are visited in decreasing score order (ties: the lower index first) and each takes the
-unmatched ground-truth box of its own class with the highest IoU, provided that IoU is ``>= iou``
-(ties: the lower ground-truth index). Each ground-truth box is matched at most once, so
+unmatched ground-truth box of its own class (any class with ``class_aware=False``) with the highest IoU,
+provided that IoU is ``>= iou`` (ties: the lower ground-truth index). Each ground-truth box is matched
+at most once, so
 
 * a matched pseudo-label is a true positive (TP);
 * an unmatched one is a false positive (FP): background, a wrong class, or a duplicate of a box
@@ -51,8 +52,10 @@ def _check(name: str, dets: object, need_scores: bool) -> None:
             check_same(f"{name}[{i}]['boxes']", d["boxes"], f"{name}[{i}]['scores']", d["scores"], dims=(0,))
 
 
-def _match(boxes: Tensor, scores: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor, iou: float) -> int:
-    """Number of true positives of one image (greedy, class-aware, see the module docstring)."""
+def _match(
+    boxes: Tensor, scores: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor, iou: float, class_aware: bool
+) -> int:
+    """Number of true positives of one image (greedy, see the module docstring)."""
     if boxes.shape[0] == 0 or gt_boxes.shape[0] == 0:
         return 0
     a, b = boxes.detach(), gt_boxes.detach().to(boxes.device)
@@ -60,7 +63,10 @@ def _match(boxes: Tensor, scores: Tensor, labels: Tensor, gt_boxes: Tensor, gt_l
         a, b = a.double(), b.double()
     ious = box_iou_matrix(a, b)  # (N, M); nan for degenerate pairs, which never pass the threshold
     # -1 marks pairs that can never match: wrong class or below the threshold (nan included)
-    ious = torch.where((labels[:, None] == gt_labels.to(labels.device)[None, :]) & (ious >= iou), ious, -1.0)
+    can_match = ious >= iou
+    if class_aware:
+        can_match &= labels[:, None] == gt_labels.to(labels.device)[None, :]
+    ious = torch.where(can_match, ious, -1.0)
     matched = torch.zeros(b.shape[0], dtype=torch.bool, device=a.device)
     tp = 0
     for i in torch.sort(scores.detach(), descending=True, stable=True).indices.tolist():
@@ -73,7 +79,7 @@ def _match(boxes: Tensor, scores: Tensor, labels: Tensor, gt_boxes: Tensor, gt_l
 
 
 def pseudo_label_quality(
-    pseudo: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]], iou: float = 0.5
+    pseudo: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]], iou: float = 0.5, class_aware: bool = True
 ) -> dict[str, Any]:
     """Precision and recall of pseudo-labels against ground truth (see the module docstring).
 
@@ -82,6 +88,9 @@ def pseudo_label_quality(
             (other keys are ignored), e.g. the output of a :class:`~detloss.semi.PseudoLabelFilter`.
         gts: one dict per image with ``boxes (M, 4)`` ``xyxy`` in the same unit and ``labels (M,)`` int.
         iou: a pair matches when its IoU is ``>= iou``, in ``(0, 1]``.
+        class_aware: ``False`` lets a box match ground truth of any class: the boxes' quality alone.
+            A class-aware precision far below the class-agnostic one means the pseudo-boxes are in the
+            right places with the wrong classes (then train the unlabelled box terms, not ``u_cls``).
 
     Returns:
         ``precision`` and ``recall`` (float, ``nan`` when undefined), ``tp``, ``fp``, ``fn`` (int totals)
@@ -102,7 +111,7 @@ def pseudo_label_quality(
         raise ValueError(f"iou must be in (0, 1], got {iou!r}")
     per_image = []
     for p, g in zip(pseudo, gts, strict=True):
-        tp = _match(p["boxes"], p["scores"], p["labels"], g["boxes"], g["labels"], iou)
+        tp = _match(p["boxes"], p["scores"], p["labels"], g["boxes"], g["labels"], iou, class_aware)
         per_image.append({"tp": tp, "fp": p["boxes"].shape[0] - tp, "fn": g["boxes"].shape[0] - tp})
     tp, fp, fn = (sum(c[k] for c in per_image) for k in ("tp", "fp", "fn"))
     return {

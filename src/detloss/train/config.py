@@ -218,6 +218,9 @@ class SemiConfig(_Strict):
     unsup_warmup: float = Field(1.0, ge=0)  # epochs after burn_in over which the weight ramps from 0
     unlabelled_batch_size: int | None = Field(None, ge=1)  # None: batch_size
     candidate_conf: float = Field(0.05, ge=0, lt=1)  # teacher detections entering NMS and the filters
+    # anchors the teacher scores >= this but no pseudo-box claims are neither positive nor negative in
+    # u_cls and u_bg (None: every unclaimed anchor is background, which collapses a weak teacher)
+    ignore_score: float | None = Field(0.05, gt=0, lt=1)
     nms_iou: float = Field(0.6, gt=0, le=1)
     max_pseudo: int = Field(50, ge=1)  # pseudo-boxes per image at most
     filters: list[dict] = Field(default_factory=_default_filters)  # applied in order, after NMS

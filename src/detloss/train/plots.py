@@ -30,6 +30,12 @@ def _series(rows: list[dict[str, float]], prefix: str, suffix: str = "") -> dict
     return {k[len(prefix) : len(k) - len(suffix) or None]: [r[k] for r in rows] for k in keys}
 
 
+def _plot_epochs(ax, epochs: list[dict[str, float]], key: str, **style) -> None:
+    points = [(r["epoch"], r[key]) for r in epochs if key in r and not math.isnan(r[key])]
+    if points:
+        ax.plot(*zip(*points, strict=True), marker="o", **style)
+
+
 def plot_losses(run: Path) -> Path:
     """Per-epoch term values, per-step normalizer values, and validation AP: ``run/curves.png``."""
     plt = _pyplot()
@@ -46,9 +52,7 @@ def plot_losses(run: Path) -> Path:
         axes[1].plot(s, values, label=name)
     axes[1].set(title="normalizer D per step", xlabel="step", yscale="log")
     for key in ("val/map50", "val/map", "val/poly_map50", "val/poly_map"):
-        points = [(r["epoch"], r[key]) for r in epochs if key in r and not math.isnan(r[key])]
-        if points:
-            axes[2].plot(*zip(*points, strict=True), marker="o", label=key[4:])
+        _plot_epochs(axes[2], epochs, key, label=key[4:])
     axes[2].set(title="validation AP", xlabel="epoch", ylim=(0, 1))
     for ax in axes:
         ax.legend(fontsize=8)
@@ -91,13 +95,42 @@ def plot_predictions(run: Path, images: torch.Tensor, preds: list[dict], conf: f
     return path
 
 
+def plot_pseudo_labels(run: Path) -> Path:
+    """A teacher-student run per epoch: the pseudo-labels' precision and recall against the hidden labels
+    (class-aware, and class-agnostic dashed), how many were kept, and teacher vs student AP50:
+    ``run/pseudo_labels.png``. Whether the filters help is read off the first panel."""
+    plt = _pyplot()
+    epochs = read_csv(run / "epochs.csv")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for what, color in (("precision", "C0"), ("recall", "C1")):
+        _plot_epochs(axes[0], epochs, f"pseudo/{what}", color=color, label=what)
+        _plot_epochs(axes[0], epochs, f"pseudo/box_{what}", color=color, ls="--", label=f"{what}, any class")
+    axes[0].set(title="pseudo-labels vs hidden labels", xlabel="epoch", ylim=(0, 1))
+    _plot_epochs(axes[1], epochs, "pseudo/kept", label="kept")
+    axes[1].set(title="pseudo-labels kept per epoch", xlabel="epoch")
+    _plot_epochs(axes[2], epochs, "val/map50", label="teacher (before burn-in ends: EMA)")
+    _plot_epochs(axes[2], epochs, "val/student/map50", label="student")
+    axes[2].set(title="validation AP50", xlabel="epoch", ylim=(0, 1))
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = run / "pseudo_labels.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_run(run: Path, trainer) -> None:
     """All plots of a finished run."""
     from detloss.data.collate import collate
     from detloss.train.evaluation import predict
 
     plot_losses(run)
-    model = trainer.ema.module if trainer.ema is not None else trainer.model
+    teacher = getattr(trainer, "teacher", None)  # a teacher-student run shows the teacher's predictions
+    if teacher is not None:
+        plot_pseudo_labels(run)
+    model = teacher.module if teacher is not None else trainer.ema.module if trainer.ema is not None else trainer.model
     samples = [trainer.val_set[i] for i in range(min(8, len(trainer.val_set)))]
     images, _ = collate(samples)
     preds = predict(trainer.task, model, images.to(trainer.dist.device), trainer.cfg)

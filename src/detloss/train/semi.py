@@ -9,16 +9,27 @@ from the student (:class:`~detloss.semi.teacher.EMATeacher`) and each step adds 
    is trained towards the pseudo-labels by a second :class:`DenseCriterion` whose terms are reported as
    ``u_box``, ``u_cls``, ``u_dfl`` (weight ``loss.weights`` x the ramped ``semi.unsup_weight``) and the
    background penalty ``u_bg`` (its own ``lambda_bg`` schedule: zero during burn-in, then warm-up).
-   An unlabelled image without pseudo-boxes is all background: its anchors get the ``cls`` zero target
-   and the ``bg`` penalty, and every normalizer is floored, so the terms stay finite;
+   Anchors that no pseudo-box claims but the teacher scores at least ``semi.ignore_score`` are left out
+   of ``u_cls`` and ``u_bg`` (neither positive nor negative): a young teacher keeps few of its boxes,
+   and training the objects it dropped as background teaches the student, then the teacher through the
+   EMA, to miss them, until no pseudo-box is left (field report 004's collapse; measured in the README).
+   An unlabelled image without pseudo-boxes is otherwise all background: its anchors get the ``cls``
+   zero target and the ``bg`` penalty, and every normalizer is floored, so the terms stay finite;
 3. after the optimizer step the teacher is updated as an EMA of the student.
 
 Logged per step: the filter statistics (``pseudo/kept_per_image``, per class, scores, adaptive thresholds),
-the unlabelled images left without any pseudo-box (``pseudo/empty_images``),
+the unlabelled images left without any pseudo-box (``pseudo/empty_images``), the fraction of their
+anchors ignored (``pseudo/ignored_anchors``),
 the pseudo-labels' precision/recall against the hidden labels of the unlabelled images
-(``pseudo/precision``, ``pseudo/recall``) and ``semi/unsup_weight``; per epoch the pseudo-labels'
+(``pseudo/precision``, ``pseudo/recall``; class-agnostic: ``pseudo/box_precision``, ``pseudo/box_recall``)
+and ``semi/unsup_weight``; per epoch the pseudo-labels'
 precision/recall over the epoch and, at evaluation, the student's metrics as ``val/student/*`` beside the
-teacher's ``val/*``. Single process only (the adaptive thresholds are per-process state).
+teacher's ``val/*``.
+
+Under ``torchrun`` each rank takes its slice of every global unlabelled batch, as for the labelled one;
+the strong view of an image depends only on its position in the global batch, the adaptive thresholds
+see every rank's candidates and the normalizers are reduced across ranks, so a step equals one process
+on the whole batch. Per-step pseudo-label statistics are rank 0's slice; per-epoch ones, all ranks'.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import torch
 from torch import Tensor
 
 from detloss.data.collate import collate
+from detloss.normalize import global_sums
 from detloss.report import LossReport
 from detloss.semi.augment import strong_photometric
 from detloss.semi.filters import build_filters, teacher_pseudo_labels
@@ -72,8 +84,6 @@ class SemiTrainer(Trainer):
             raise ValueError("semi-supervised training needs data.labelled_fraction < 1 (the rest is unlabelled)")
         self.semi = config.semi
         super().__init__(config, resume=None)
-        if self.dist.world_size > 1:
-            raise ValueError("semi-supervised training runs in one process (not under torchrun)")
         if not self.unlabelled_set:
             raise ValueError("data.labelled_fraction leaves no unlabelled images")
         loss = config.loss.model_copy(update={"normalizers": config.loss.normalizers | self.semi.normalizers})
@@ -86,8 +96,12 @@ class SemiTrainer(Trainer):
         self.teacher: EMATeacher | None = None
         self.burn_in_steps = round(self.semi.burn_in * self.steps_per_epoch)
         self.unlabelled_batch = self.semi.unlabelled_batch_size or config.batch_size
+        if self.unlabelled_batch % self.dist.world_size:
+            raise ValueError(
+                f"semi.unlabelled_batch_size {self.unlabelled_batch} must divide by the {self.dist.world_size} ranks"
+            )
         self._step_stats: dict[str, float] = {}
-        self._epoch_counts = {"tp": 0.0, "fp": 0.0, "fn": 0.0}
+        self._epoch_counts = {p + k: 0.0 for p in ("pseudo/", "pseudo/box_") for k in ("tp", "fp", "fn")}
         if resume is not None:
             self.load(resume)
 
@@ -118,13 +132,17 @@ class SemiTrainer(Trainer):
         return ids
 
     def unlabelled_batch_at(self, step: int) -> tuple[Tensor, list[dict[str, Tensor]], list[int]]:
-        """Weak views ``(B_u, 3, H, W)`` of ``step``'s unlabelled images and their hidden labels."""
-        ids = self.unlabelled_ids(step)
+        """Weak views ``(B_u / ranks, 3, H, W)`` of this rank's slice of ``step``'s unlabelled images, their
+        hidden labels and their positions in the global batch."""
+        per_rank = self.unlabelled_batch // self.dist.world_size
+        positions = list(range(self.dist.rank * per_rank, (self.dist.rank + 1) * per_rank))
+        batch = self.unlabelled_ids(step)
+        ids = [batch[p] for p in positions]
         epoch = step // self.steps_per_epoch
         samples = [load_sample(self.unlabelled_set, i, epoch, self.cfg.seed + 1, self.cfg.data.hflip) for i in ids]
         images, _ = collate(samples)
         hidden = [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples]
-        return images.to(self.dist.device), hidden, ids
+        return images.to(self.dist.device), hidden, positions
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -135,33 +153,45 @@ class SemiTrainer(Trainer):
         if self.teacher is None:
             self.teacher = EMATeacher(self.model, self.semi.teacher_decay, self.semi.teacher_ramp)
         sup = super().step_loss(images, targets)
-        weak, hidden, _ = self.unlabelled_batch_at(self.step)
-        pseudo = self.pseudo_labels(weak)
-        quality = pseudo_label_quality([{k: v.cpu() for k, v in p.items()} for p in pseudo], hidden,
-                                       iou=self.semi.quality_iou)  # fmt: skip
-        for key in self._epoch_counts:
-            self._epoch_counts[key] += float(quality[key])
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
-        strong = strong_photometric(weak, gen, **self.semi.strong.model_dump())
-        unsup = self.unsup_loss(strong, detections_to_targets(pseudo, tuple(strong.shape[-2:])))
+        weak, hidden, positions = self.unlabelled_batch_at(self.step)
+        pseudo, ignore = self.pseudo_labels(weak)
+        quality = self.pseudo_quality(pseudo, hidden)
+        strong = self.strong_views(weak, positions)
+        unsup = self.unsup_loss(strong, detections_to_targets(pseudo, tuple(strong.shape[-2:])), ignore)
         epoch = self.step / self.steps_per_epoch
         self._step_stats = {
             **self.filters.stats(),
             "pseudo/empty_images": float(sum(p["boxes"].shape[0] == 0 for p in pseudo)),
-            "pseudo/precision": float(quality["precision"]),
-            "pseudo/recall": float(quality["recall"]),
+            "pseudo/ignored_anchors": float(ignore.float().mean()) if ignore is not None else 0.0,
+            **quality,
             "semi/unsup_weight": self.unsup_weight(epoch),
         }
         terms = dict(sup.report.items()) | {UNSUP_PREFIX + k: v for k, v in unsup.report.items()}
         report = LossReport(terms, scale=sup.report.scale)
         return StepOutputs(report, sup.wrt + unsup.wrt, None)
 
+    def strong_views(self, weak: Tensor, positions: list[int]) -> Tensor:
+        """The student's views of ``weak``: each image's draws seeded by (seed, step, its global position)."""
+        options = self.semi.strong.model_dump()
+        views = []
+        for image, position in zip(weak, positions, strict=True):
+            gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.step) * 1_000_003 + position)
+            views.append(strong_photometric(image[None], gen, **options))
+        return torch.cat(views)
+
     @torch.no_grad()
-    def pseudo_labels(self, weak: Tensor) -> list[dict[str, Tensor]]:
-        """The teacher's detections on ``weak`` after NMS and the filters (``boxes``, ``scores``, ``labels``)."""
+    def pseudo_labels(self, weak: Tensor) -> tuple[list[dict[str, Tensor]], Tensor | None]:
+        """The teacher's detections on ``weak`` after NMS and the filters (``boxes``, ``scores``, ``labels``)
+        and the ``(B, A)`` anchors it is unsure of (best class score >= ``semi.ignore_score``; ``None``
+        when that is unset)."""
         teacher = self.teacher.module
         feats = [f.float() for f in teacher(weak)]
         loss = self.cfg.loss
+        ignore = None
+        if self.semi.ignore_score is not None:
+            c0 = 4 * loss.reg_max
+            scores = torch.cat([f[:, c0 : c0 + self.num_classes].flatten(2) for f in feats], 2).amax(1).sigmoid()
+            ignore = scores >= self.semi.ignore_score
         candidates = teacher_pseudo_labels(
             feats,
             teacher.strides,
@@ -172,10 +202,25 @@ class SemiTrainer(Trainer):
             iou=self.semi.nms_iou,
             max_det=self.semi.max_pseudo,
         )
-        return self.filters(candidates)
+        return self.filters(candidates), ignore
 
-    def unsup_loss(self, strong: Tensor, pseudo_targets: dict[str, Tensor]) -> StepOutputs:
-        """The unlabelled terms of the student on ``strong`` against the pseudo-labels (no polygon term)."""
+    def pseudo_quality(self, pseudo: list[dict[str, Tensor]], hidden: list[dict[str, Tensor]]) -> dict[str, float]:
+        """The pseudo-labels' precision/recall against the hidden labels, class-aware and class-agnostic
+        (``pseudo/box_*``: right place, any class), added to the epoch's counts."""
+        pseudo = [{k: v.cpu() for k, v in p.items()} for p in pseudo]
+        row = {}
+        for prefix, class_aware in (("pseudo/", True), ("pseudo/box_", False)):
+            q = pseudo_label_quality(pseudo, hidden, iou=self.semi.quality_iou, class_aware=class_aware)
+            for key in ("tp", "fp", "fn"):
+                self._epoch_counts[prefix + key] += float(q[key])
+            row |= {prefix + "precision": float(q["precision"]), prefix + "recall": float(q["recall"])}
+        return row
+
+    def unsup_loss(
+        self, strong: Tensor, pseudo_targets: dict[str, Tensor], ignore: Tensor | None = None
+    ) -> StepOutputs:
+        """The unlabelled terms of the student on ``strong`` against the pseudo-labels (no polygon term);
+        ``ignore`` ``(B, A)``: anchors left out of ``u_cls`` and ``u_bg``."""
         epoch = self.step / self.steps_per_epoch
         self.unsup.set_epoch(epoch)  # lambda_bg
         ramp = self.unsup_weight(epoch)
@@ -185,7 +230,7 @@ class SemiTrainer(Trainer):
             feats = self.runner(strong)
         channels = self.unsup.num_channels
         feats = [f.float()[:, :channels] for f in feats]  # the box and class channels
-        return StepOutputs(self.unsup(feats, pseudo_targets), feats, None)
+        return StepOutputs(self.unsup(feats, pseudo_targets, ignore=ignore), feats, None)
 
     def measure(self, out: StepOutputs, targets: dict[str, Tensor]) -> None:
         if out.outputs is None:  # a combined step: no single head output for the dense dependency masks
@@ -203,27 +248,33 @@ class SemiTrainer(Trainer):
         return {**super().step_log(), **self._step_stats}
 
     def epoch_log(self) -> dict[str, float]:
-        c = self._epoch_counts
+        counts = global_sums(self._epoch_counts, device=self.dist.device)  # every rank's images
+        c = {k: float(v) for k, v in counts.items()}
         row = {}
-        if c["tp"] + c["fp"] + c["fn"] > 0:
-            found = c["tp"] + c["fp"]
-            row["pseudo/precision"] = c["tp"] / found if found else float("nan")
-            row["pseudo/recall"] = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else float("nan")
-            row["pseudo/kept"] = found
-        self._epoch_counts = {k: 0.0 for k in c}
+        for prefix in ("pseudo/", "pseudo/box_"):
+            tp, fp, fn = (c[prefix + k] for k in ("tp", "fp", "fn"))
+            if tp + fp + fn > 0:
+                row[prefix + "precision"] = tp / (tp + fp) if tp + fp else float("nan")
+                row[prefix + "recall"] = tp / (tp + fn) if tp + fn else float("nan")
+        if row:
+            row["pseudo/kept"] = c["pseudo/tp"] + c["pseudo/fp"]
+        self._epoch_counts = dict.fromkeys(c, 0.0)
         return row
 
     def evaluate(self) -> dict[str, float]:
         """The teacher's metrics (before burn-in ends: the EMA's or the student's) and the student's as
         ``student/*``."""
         device = self.dist.device
-        if self.teacher is not None:
-            evaluated = self.teacher.module
-        else:
-            evaluated = self.ema.module if self.ema is not None else self.model
-        metrics = evaluate(self.task, evaluated, self.val_set, self.cfg, self.num_classes, device)
-        student = evaluate(self.task, self.model, self.val_set, self.cfg, self.num_classes, device)
-        metrics.update({f"student/{k}": v for k, v in student.items() if "/" not in k})
+        metrics: dict[str, float] = {}
+        if self.dist.is_main:
+            if self.teacher is not None:
+                evaluated = self.teacher.module
+            else:
+                evaluated = self.ema.module if self.ema is not None else self.model
+            metrics = evaluate(self.task, evaluated, self.val_set, self.cfg, self.num_classes, device)
+            student = evaluate(self.task, self.model, self.val_set, self.cfg, self.num_classes, device)
+            metrics.update({f"student/{k}": v for k, v in student.items() if "/" not in k})
+        self.dist.barrier()
         return metrics
 
     # -- checkpoints --------------------------------------------------------------------------
