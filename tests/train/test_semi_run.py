@@ -72,6 +72,19 @@ def test_teacher_is_the_ema_of_the_student_and_gets_no_gradient(tmp_path):
             torch.testing.assert_close(v, d * before[k] + (1 - d) * student[k])
 
 
+def test_burn_in_counted_in_steps(tmp_path):
+    trainer = build_trainer(
+        load_config(None, [*SEMI, KEEP_ALL, f"out_dir={tmp_path}", "semi.burn_in_steps=2", "max_steps=4"])
+    )
+    trainer.fit()  # 3 steps per epoch: the teacher is copied at step 2, 2/3 of the way through epoch 0
+    steps = read_csv(tmp_path / "steps.csv")
+    assert [math.isnan(r.get("u_cls", math.nan)) for r in steps] == [True, True, False, False]
+    # the weight ramps over one epoch (3 steps) from step 2; lambda_bg (warm-up 2 epochs) from there too
+    assert [r["semi/unsup_weight"] for r in steps] == pytest.approx([0, 0, 0, 1 / 3])
+    assert steps[3]["u_bg/weight"] == pytest.approx(1.0 / 6)  # max_value 1 x (1/3 epoch / 2 epochs)
+    assert trainer.teacher.updates == 2
+
+
 def test_semi_needs_unlabelled_images_and_the_dense_kind(tmp_path):
     with pytest.raises(ValueError, match="labelled_fraction"):
         build_trainer(load_config(None, [*TINY_RUN, f"out_dir={tmp_path}", "semi={}"]))

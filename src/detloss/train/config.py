@@ -212,6 +212,7 @@ class SemiConfig(_Strict):
     images with the rest unlabelled. Epochs count passes over the labelled images."""
 
     burn_in: float = Field(2.0, ge=0)  # epochs of supervised-only training before the teacher is copied
+    burn_in_steps: int | None = Field(None, ge=0)  # the burn-in in optimizer steps instead (overrides burn_in)
     teacher_decay: float = Field(0.999, ge=0, lt=1)
     teacher_ramp: bool = True  # decay min(teacher_decay, 1 - 1 / (updates + 1)), Mean Teacher's ramp
     unsup_weight: float = Field(1.0, ge=0)

@@ -1,7 +1,8 @@
 """Teacher-student (semi-supervised) training of the dense detector: field report 004's loop, every knob named.
 
-Until ``semi.burn_in`` epochs the student trains on the labelled images alone. Then the teacher is copied
-from the student (:class:`~detloss.semi.teacher.EMATeacher`) and each step adds an unlabelled batch:
+Until ``semi.burn_in`` epochs (or ``semi.burn_in_steps`` steps) the student trains on the labelled images
+alone. Then the teacher is copied from the student (:class:`~detloss.semi.teacher.EMATeacher`) and each
+step adds an unlabelled batch:
 
 1. the teacher sees the weak view (the flip the labelled images get) and its detections go through NMS and
    then ``semi.filters`` in order (:mod:`detloss.semi.filters`): the pseudo-labels;
@@ -87,14 +88,18 @@ class SemiTrainer(Trainer):
         if not self.unlabelled_set:
             raise ValueError("data.labelled_fraction leaves no unlabelled images")
         loss = config.loss.model_copy(update={"normalizers": config.loss.normalizers | self.semi.normalizers})
-        background = build_background(self.semi.background, default_burn_in=self.semi.burn_in)
+        if self.semi.burn_in_steps is not None:
+            self.burn_in_steps = self.semi.burn_in_steps
+        else:
+            self.burn_in_steps = round(self.semi.burn_in * self.steps_per_epoch)
+        self.burn_in_epochs = self.burn_in_steps / self.steps_per_epoch
+        background = build_background(self.semi.background, default_burn_in=self.burn_in_epochs)
         self.unsup = build_criterion(
             loss, self.num_classes, self.task.model.strides, background=background, num_vertices=0
         ).to(self.dist.device)
         self.unsup_base = {t: w for t, w in self.unsup.weights.items() if t != "bg"}
         self.filters = build_filters(self.semi.filters, self.num_classes).to(self.dist.device)
         self.teacher: EMATeacher | None = None
-        self.burn_in_steps = round(self.semi.burn_in * self.steps_per_epoch)
         self.unlabelled_batch = self.semi.unlabelled_batch_size or config.batch_size
         if self.unlabelled_batch % self.dist.world_size:
             raise ValueError(
@@ -109,7 +114,7 @@ class SemiTrainer(Trainer):
 
     def unsup_weight(self, epoch: float) -> float:
         """``semi.unsup_weight`` ramped linearly over ``unsup_warmup`` epochs after burn-in (0 before)."""
-        since = epoch - self.semi.burn_in
+        since = epoch - self.burn_in_epochs
         if since < 0:
             return 0.0
         if self.semi.unsup_warmup == 0:
