@@ -85,6 +85,25 @@ def test_burn_in_counted_in_steps(tmp_path):
     assert trainer.teacher.updates == 2
 
 
+def test_resume_after_burn_in_continues_exactly(tmp_path):
+    adaptive = "semi.filters=[{kind: adaptive, init: 0.002, bounds: [0.002, 0.9], momentum: 0.5, floor: 0.002}]"
+    run = [*SEMI, adaptive, "optim.ema_decay=0.9"]
+    straight = build_trainer(load_config(None, [*run, f"out_dir={tmp_path / 'a'}", "max_steps=6"]))
+    straight.fit()
+    build_trainer(load_config(None, [*run, f"out_dir={tmp_path / 'b'}", "max_steps=4"])).fit()  # teacher at step 3
+    resumed = build_trainer(
+        load_config(None, [*run, f"out_dir={tmp_path / 'b'}", "max_steps=6"]), tmp_path / "b" / "last.pt"
+    )
+    assert resumed.step == 4 and resumed.teacher.updates == 1
+    resumed.fit()
+    pairs = [(straight.model, resumed.model), (straight.teacher.module, resumed.teacher.module)]
+    pairs += [(straight.filters, resumed.filters), (straight.unsup, resumed.unsup)]
+    for a, b in pairs:
+        for key, value in a.state_dict().items():
+            assert torch.equal(value, b.state_dict()[key]), key
+    assert not torch.equal(resumed.filters.state_dict()["filters.0.threshold"], torch.full((6,), 0.002))
+
+
 def test_semi_needs_unlabelled_images_and_the_dense_kind(tmp_path):
     with pytest.raises(ValueError, match="labelled_fraction"):
         build_trainer(load_config(None, [*TINY_RUN, f"out_dir={tmp_path}", "semi={}"]))
