@@ -30,6 +30,13 @@ def _series(rows: list[dict[str, float]], prefix: str, suffix: str = "") -> dict
     return {k[len(prefix) : len(k) - len(suffix) or None]: [r[k] for r in rows] for k in keys}
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _plot_epochs(ax, epochs: list[dict[str, float]], key: str, **style) -> None:
     points = [(r["epoch"], r[key]) for r in epochs if key in r and not math.isnan(r[key])]
     if points:
@@ -57,11 +64,7 @@ def plot_losses(run: Path) -> Path:
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = run / "curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, run / "curves.png")
 
 
 def plot_predictions(run: Path, images: torch.Tensor, preds: list[dict], conf: float, names=None) -> Path:
@@ -88,11 +91,7 @@ def plot_predictions(run: Path, images: torch.Tensor, preds: list[dict], conf: f
             ax.text(x1, y1, f"{label} {float(pred['scores'][j]):.2f}", color=c, fontsize=6)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
-    path = run / "predictions.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, run / "predictions.png")
 
 
 def plot_pseudo_labels(run: Path) -> Path:
@@ -114,11 +113,7 @@ def plot_pseudo_labels(run: Path) -> Path:
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = run / "pseudo_labels.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, run / "pseudo_labels.png")
 
 
 def plot_run(run: Path, trainer) -> None:
@@ -154,11 +149,8 @@ def compare_runs(run_a: Path, run_b: Path, out: Path) -> tuple[Path, str]:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(plot_keys) :]:
         ax.axis("off")
-    fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"compare_{run_a.name}_vs_{run_b.name}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path = _save(plt, fig, out / f"compare_{run_a.name}_vs_{run_b.name}.png")
     width = max(len(k) for k in keys)
     lines = [f"{'metric':<{width}} {run_a.name[:14]:>14} {run_b.name[:14]:>14}"]
     lines += [f"{k:<{width}} {a[-1][k]:>14.5g} {b[-1][k]:>14.5g}" for k in keys]
