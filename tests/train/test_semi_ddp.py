@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from detloss.testing import spawn_gloo
+from detloss.testing import spawn_gloo, torchrun_train
 from detloss.testing.tiny import TINY_RUN
 from detloss.train.config import load_config
 from detloss.train.logs import read_csv
@@ -55,12 +53,7 @@ def test_two_processes_take_the_same_semi_supervised_steps_as_one(tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun smoke test runs on Linux CI")
 def test_torchrun_semi_run_logs_every_ranks_pseudo_labels(tmp_path):
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "detloss.cli", "train", *DDP_SEMI, f"out_dir={tmp_path}", "epochs=1", "max_steps=2",
-    ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_train([*DDP_SEMI, f"out_dir={tmp_path}", "epochs=1", "max_steps=2"])
     (epoch,) = read_csv(tmp_path / "epochs.csv")
     steps = read_csv(tmp_path / "steps.csv")
     # a step row holds rank 0's 2 images; the epoch, both ranks' 4 per step (379 measured, rank 0: 190)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from detloss.testing import spawn_gloo
+from detloss.testing import spawn_gloo, torchrun_train
 from detloss.testing.tiny import TINY_RUN
 from detloss.train.config import load_config
 from detloss.train.trainer import Trainer
@@ -71,14 +69,8 @@ def test_two_processes_take_the_same_step_as_one(tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun smoke test runs on Linux CI")
 def test_torchrun_two_process_smoke(tmp_path):
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "detloss.cli", "train", *TINY, f"out_dir={tmp_path}", "epochs=1", "max_steps=2",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "map50" in done.stdout
+    stdout = torchrun_train([*TINY, f"out_dir={tmp_path}", "epochs=1", "max_steps=2"])
+    assert "map50" in stdout
     assert len((tmp_path / "steps.csv").read_text().splitlines()) == 1 + 2
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Sequence
@@ -31,6 +33,18 @@ def _entry(rank: int, world: int, workdir: str, fn: Callable[..., Any], args: tu
     # Skip interpreter teardown: gloo's threads occasionally abort it ("terminate called without an
     # active exception") after the work is done and saved, which would fail a finished rank.
     os._exit(code)
+
+
+def torchrun_train(overrides: Sequence[str], nproc: int = 2, timeout: float = 240.0) -> str:
+    """Run ``detloss train *overrides`` under ``torchrun --standalone`` with ``nproc`` CPU processes (one
+    thread each) and return its stdout; a non-zero exit raises ``RuntimeError`` with the end of stderr."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "detloss.cli", "train", *overrides]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun exited with {done.returncode}:\n{done.stderr[-3000:]}")
+    return done.stdout
 
 
 def spawn_gloo(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 300.0) -> list[Any]:
