@@ -21,16 +21,21 @@ class ModelEMA:
             p.requires_grad_(False)
         self.decay, self.tau, self.updates = decay, tau, 0
 
+    def current_decay(self) -> float:
+        """The ``d`` the next :meth:`update` uses."""
+        return self.decay * (1 - math.exp(-(self.updates + 1) / self.tau))
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        """Average ``model``'s floating tensors into the copy (integer buffers are copied)."""
+        d = self.current_decay()
         source = model.state_dict()
         for name, value in self.module.state_dict().items():
             if value.dtype.is_floating_point:
                 value.mul_(d).add_(source[name].detach(), alpha=1 - d)
             else:
                 value.copy_(source[name])
+        self.updates += 1
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates}
