@@ -97,9 +97,14 @@ class LossReport(Mapping[str, Term]):
     ultralytics preset multiplies by the batch size, as ``v8DetectionLoss`` does).
 
     Example:
-        >>> report = LossReport({"box": box_term, "cls": cls_term})   # doctest: +SKIP
-        >>> report.total.backward()                                    # doctest: +SKIP
-        >>> logger.log(report.as_dict())                               # doctest: +SKIP
+        >>> box = make_term("box", torch.tensor([0.25, 0.5]), torch.tensor(2.0), "num_pos", weight=7.5)
+        >>> cls = make_term("cls", torch.tensor([1.0, 0.0, 3.0]), torch.tensor(4.0), "mean")
+        >>> report = LossReport({"box": box, "cls": cls})
+        >>> float(report.total)  # 7.5 * 0.75 / 2 + 4 / 4
+        3.8125
+        >>> flat = report.as_dict()
+        >>> flat["box/raw_sum"], flat["box/normalizer"], flat["cls/num_elements"]
+        (0.75, 2.0, 3.0)
     """
 
     def __init__(self, terms: Mapping[str, Term], scale: float = 1.0) -> None:
