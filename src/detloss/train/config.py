@@ -102,7 +102,8 @@ class ModelConfig(_Strict):
 
 class RPNConfig(_Strict):
     """Every option of :class:`detloss.criteria.rpn.RPNCriterion` (terms ``obj``, ``box``; logged as
-    ``rpn_obj``, ``rpn_box``). Defaults: normalizers ``num_samples`` / ``num_pos`` (mmdet's avg_factor)."""
+    ``rpn_obj``, ``rpn_box``). Defaults: normalizers ``num_samples`` / ``num_pos`` (mmdet and detectron2:
+    ``num_samples`` for both)."""
 
     weights: dict[str, float] = Field(default_factory=dict)
     normalizers: Normalizers = Field(default_factory=dict)
@@ -119,7 +120,8 @@ class RPNConfig(_Strict):
 
 class ROIConfig(_Strict):
     """Every option of :class:`detloss.criteria.roi.ROICriterion` (terms ``cls``, ``box``, ``mask``; logged as
-    ``roi_cls`` ...). Defaults: normalizers ``num_samples`` / ``num_pos`` / ``num_pos``."""
+    ``roi_cls`` ...). Defaults: normalizers ``num_samples`` / ``num_pos`` / ``num_pos`` (mmdet and detectron2:
+    ``num_samples`` for box)."""
 
     weights: dict[str, float] = Field(default_factory=dict)
     normalizers: Normalizers = Field(default_factory=dict)
