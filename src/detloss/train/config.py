@@ -183,7 +183,8 @@ class DoctorConfig(_Strict):
 
     every_steps: int | None = Field(None, ge=1)  # None: no accounting while training
     dominance: float = Field(0.9, gt=0, lt=1)  # GRAD_DOMINANCE: share above which one term dominates
-    target_ratio: float = Field(1.0, gt=0)  # GRAD_DOMINANCE: the ratio the recommended weights aim at
+    target_ratio: float = Field(1.0, gt=0)  # GRAD_DOMINANCE, GRAD_STARVED: the ratio the recommended weights aim at
+    starved_ratio: float = Field(100.0, gt=1)  # GRAD_STARVED: gradient-norm ratio of two terms that starves the weaker
     dead: float = Field(0.5, ge=0, lt=1)  # DEAD_GRADIENT: dead fraction threshold
     skew_ratio: float = Field(10.0, gt=1)  # NORMALIZER_SKEW: max/min (and train/val) ratio
     plateau_window: int = Field(100, ge=2)  # PLATEAU: steps in the fitted window
