@@ -12,8 +12,8 @@ so one choice at a time can be tried and measured.
 ``doctor`` trains the configured run (default: the shapes polygon detector) for ``--steps`` steps with
 gradient accounting on the head outputs every ``--every`` steps, or reads a finished run folder with
 ``--run``; prints each term's value, normalizer, weight, gradient norm, share and dead fraction, the
-shares over the steps, and the findings with their fixes (GRAD_DOMINANCE, DEAD_GRADIENT, NONFINITE,
-NORMALIZER_SKEW, DETECTION_COLLAPSE, PLATEAU). Exit code 1 when a finding is an error.
+shares over the steps, and the findings with their fixes (GRAD_DOMINANCE, GRAD_STARVED, DEAD_GRADIENT,
+NONFINITE, NORMALIZER_SKEW, DETECTION_COLLAPSE, PLATEAU). Exit code 1 when a finding is an error.
 """
 
 from __future__ import annotations

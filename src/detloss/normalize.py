@@ -9,10 +9,20 @@ included::
     grad_ddp = 1/k * sum_r grad(S_r / (C/k)) = grad(sum_r S_r / C) = grad_single    (C = sum_r c_r)
 
 ``sum`` and ``fixed:k`` are divided by the world size too, so they are exact as well.
+
+**Two running means of the positives.** ``ema_num_pos:m`` starts at the first count it sees and
+applies the floor to the running value: ``e_1 = n_1``, ``e_t = m e_{t-1} + (1 - m) n_t``,
+``D = max(e_t, floor)``. ``ema_num_pos:m:init=v`` is detectron2's rule (RetinaNet ``v = 100``, FCOS
+``v = 300``, ``m = 0.9``): it floors each count before averaging and starts from ``v``:
+``e_0 = v``, ``e_t = m e_{t-1} + (1 - m) max(n_t, floor)``, ``D = e_t``. Both average the count
+summed over all ranks (detectron2 averages each rank's own count), so ``v`` is in whole-batch units:
+detectron2's ``v`` on ``k`` GPUs is ``init=v*k`` here. Both keep their state in buffers, so unlike
+detectron2's attribute it survives a checkpoint and resume.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -41,7 +51,8 @@ NORMALIZERS = {
     "images_with_fg": "images with at least one object",
     "fixed:k": "the constant k",
     "density": "B * (1 + positives / (B * cells))",
-    "ema_num_pos:m": "running mean of positives with momentum m",
+    "ema_num_pos:m": "running mean of positives with momentum m, from the first count, floored after",
+    "ema_num_pos:m:init=v": "running mean of max(positives, floor) with momentum m, from v (detectron2)",
 }
 
 _SIMPLE = {
@@ -58,19 +69,27 @@ def _unknown(spec: str) -> ValueError:
     return ValueError(f"unknown normalizer {spec!r}; valid names: {', '.join(NORMALIZERS)}")
 
 
+def _number(spec: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise _unknown(spec) from None
+
+
 class Normalizer(nn.Module):
     """The denominator ``D`` of one loss term, chosen by name (see :data:`NORMALIZERS`).
 
     Args:
         spec: ``"sum"``, ``"mean"``, ``"num_pos"``, ``"target_sum"``, ``"num_samples"``,
             ``"batch_size"``, ``"images_with_fg"``, ``"fixed:k"`` (``k > 0``), ``"density"`` or
-            ``"ema_num_pos:m"`` (``0 <= m < 1``).
-        floor: lower bound on a data-dependent ``D``, applied to the count summed over all ranks.
+            ``"ema_num_pos:m"`` (``0 <= m < 1``) or ``"ema_num_pos:m:init=v"`` (``v >= 0``).
+        floor: lower bound on a data-dependent ``D``, applied to the count summed over all ranks
+            (for ``ema_num_pos:m:init=v``, to each count before it enters the running mean).
 
     :meth:`forward` takes counts summed over every rank and returns the global ``D``; use
     :func:`denominators` to get the per-rank value. The EMA normalizer keeps its running value in
-    buffers (it travels with ``state_dict``), updates in training mode only, and starts at the
-    first observed count rather than an arbitrary prior.
+    buffers (it travels with ``state_dict``) and updates in training mode only; ``ema_num_pos:m``
+    starts at the first observed count, ``ema_num_pos:m:init=v`` at ``v`` (module docstring).
 
     Example:
         >>> Normalizer("num_pos")({"num_pos": torch.tensor(0.0)})
@@ -78,6 +97,8 @@ class Normalizer(nn.Module):
         >>> Normalizer("density")({"batch_size": torch.tensor(4.0), "num_pos": torch.tensor(40.0),
         ...                        "num_cells": torch.tensor(100.0)})
         tensor(4.4000)
+        >>> Normalizer("ema_num_pos:0.9:init=100")({"num_pos": torch.tensor(0.0)})  # 0.9 * 100 + 0.1 * 1
+        tensor(90.1000)
     """
 
     def __init__(self, spec: str, floor: float = 1.0) -> None:
@@ -90,21 +111,27 @@ class Normalizer(nn.Module):
         self.floor = float(floor)
         self.constant: float | None = None
         self.momentum: float | None = None
-        if name in ("fixed", "ema_num_pos"):
-            try:
-                value = float(arg)
-            except ValueError:
-                raise _unknown(spec) from None
-            if name == "fixed":
-                if not value > 0:
-                    raise ValueError(f"normalizer {spec!r}: k must be > 0")
-                self.constant = value
-            else:
-                if not 0.0 <= value < 1.0:
-                    raise ValueError(f"normalizer {spec!r}: momentum m must be in [0, 1)")
-                self.momentum = value
-                self.register_buffer("ema_value", torch.zeros(()))
-                self.register_buffer("ema_started", torch.zeros((), dtype=torch.bool))
+        self.init: float | None = None
+        if name == "fixed":
+            value = _number(spec, arg)
+            if not value > 0:
+                raise ValueError(f"normalizer {spec!r}: k must be > 0")
+            self.constant = value
+        elif name == "ema_num_pos":
+            m, has_init, init = arg.partition(":")
+            self.momentum = _number(spec, m)
+            if not 0.0 <= self.momentum < 1.0:
+                raise ValueError(f"normalizer {spec!r}: momentum m must be in [0, 1)")
+            if has_init:
+                key, eq, value = init.partition("=")
+                if key != "init" or not eq:
+                    raise _unknown(spec)
+                self.init = _number(spec, value)
+                if not (math.isfinite(self.init) and self.init >= 0):
+                    raise ValueError(f"normalizer {spec!r}: init v must be a finite number >= 0")
+            # with init the running mean exists from the start; without, the first count starts it
+            self.register_buffer("ema_value", torch.tensor(self.init or 0.0))
+            self.register_buffer("ema_started", torch.tensor(self.init is not None))
         elif arg or (name not in _SIMPLE and name not in ("sum", "density")):
             raise _unknown(spec)
 
@@ -136,6 +163,8 @@ class Normalizer(nn.Module):
         elif self.kind == "density":
             b, p, cells = counts["batch_size"], counts["num_pos"], counts["num_cells"]
             d = b + p / cells  # = B * (1 + P / (B * cells)); written so that B = 0 stays finite
+        elif self.init is not None:
+            return self._ema(counts["num_pos"].clamp_min(self.floor))  # floored before averaging
         else:
             d = self._ema(counts["num_pos"])
         return d.clamp_min(self.floor)

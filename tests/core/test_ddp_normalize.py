@@ -21,6 +21,7 @@ SPECS = [
     "images_with_fg",
     "density",
     "ema_num_pos:0.9",
+    "ema_num_pos:0.9:init=100",
     "sum",
     "fixed:4",
 ]

@@ -42,7 +42,7 @@ def test_denominator_by_name(spec, expected):
 def test_names_are_exactly_the_design_table():
     assert list(NORMALIZERS) == [
         "sum", "mean", "num_pos", "target_sum", "num_samples", "batch_size",
-        "images_with_fg", "fixed:k", "density", "ema_num_pos:m",
+        "images_with_fg", "fixed:k", "density", "ema_num_pos:m", "ema_num_pos:m:init=v",
     ]  # fmt: skip
 
 
@@ -80,7 +80,58 @@ def test_ema_state_rides_in_a_criterion_state_dict():
     assert bool(norms.state_dict()["box.ema_started"])
 
 
-@pytest.mark.parametrize("spec", ["avg", "fixed", "fixed:0", "fixed:-2", "ema_num_pos:1.5", "mean:3", "fixed:abc"])
+def _ema_run(spec: str, counts: list[float], floor: float = 1.0) -> list[float]:
+    n = Normalizer(spec, floor)
+    return [n({"num_pos": torch.tensor(c)}).item() for c in counts]
+
+
+def test_detectron2_ema_floors_each_count_and_starts_at_init():
+    # e_0 = 100; e_t = 0.9 e_(t-1) + 0.1 max(n_t, 1): 90 + 0.1 = 90.1; 81.09 + 1 = 82.09; 73.881 + 5 = 78.881
+    assert _ema_run("ema_num_pos:0.9:init=100", [0.0, 10.0, 50.0]) == pytest.approx([90.1, 82.09, 78.881], rel=1e-6)
+    # the floor is the constructor's: max(0, 0.25) enters the mean
+    assert _ema_run("ema_num_pos:0.9:init=100", [0.0], floor=0.25) == pytest.approx([90.025], rel=1e-6)
+    # D is the running mean itself, not floored again: from init=0, 0.9 * 0 + 0.1 * max(0, 1) = 0.1
+    assert _ema_run("ema_num_pos:0.9:init=0", [0.0]) == pytest.approx([0.1])
+
+
+def test_detectron2_ema_after_k_empty_batches_is_the_closed_form():
+    # k counts of 0 floored to 1: e_k = 1 + (100 - 1) * 0.9^k
+    k = 10
+    seen = _ema_run("ema_num_pos:0.9:init=100", [0.0] * k)
+    assert seen == pytest.approx([1 + 99 * 0.9**i for i in range(1, k + 1)], rel=1e-6)
+    assert seen[-1] == pytest.approx(35.5191655699, rel=1e-6)
+    # the first-count rule on the same counts: e = 0 throughout, floored after the mean to 1
+    assert _ema_run("ema_num_pos:0.9", [0.0] * 3) == [1.0, 1.0, 1.0]
+
+
+def test_detectron2_ema_state_dict_round_trip_and_eval():
+    n = Normalizer("ema_num_pos:0.9:init=100")
+    n.eval()  # before any training step, evaluation reads the initial value and leaves it
+    assert n({"num_pos": torch.tensor(7.0)}).item() == 100.0 and n.ema_value.item() == 100.0
+    n.train()
+    for c in (0.0, 10.0):
+        n({"num_pos": torch.tensor(c)})
+    restored = Normalizer("ema_num_pos:0.9:init=100")
+    restored.load_state_dict(n.state_dict())
+    assert restored.ema_value.item() == pytest.approx(82.09, rel=1e-6)
+    assert restored({"num_pos": torch.tensor(50.0)}).item() == pytest.approx(78.881, rel=1e-6)
+    assert set(n.state_dict()) == {"ema_value", "ema_started"}
+
+
+def test_detectron2_ema_through_denominators_uses_the_summed_count():
+    norms = {"cls": Normalizer("ema_num_pos:0.9:init=100"), "box": Normalizer("ema_num_pos:0.9")}
+    d = denominators(norms, {"*": {"num_pos": torch.tensor(20.0)}})
+    assert d["cls"].item() == pytest.approx(0.9 * 100 + 0.1 * 20, rel=1e-6) and d["box"].item() == 20.0
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "avg", "fixed", "fixed:0", "fixed:-2", "ema_num_pos:1.5", "mean:3", "fixed:abc", "ema_num_pos:0.9:",
+        "ema_num_pos:0.9:init=", "ema_num_pos:0.9:init=-1", "ema_num_pos:0.9:init=nan", "ema_num_pos:0.9:start=5",
+        "ema_num_pos:0.9:init=5:x",
+    ],
+)  # fmt: skip
 def test_bad_names_list_the_valid_ones_or_say_what_is_wrong(spec):
     with pytest.raises(ValueError) as err:
         Normalizer(spec)

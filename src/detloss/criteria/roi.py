@@ -45,7 +45,8 @@ __all__ = [
 ]
 
 DEFAULT_WEIGHTS = {"cls": 1.0, "box": 1.0, "mask": 1.0}
-#: mmdet's: sampled ROIs for classification, positives for box and mask.
+#: cls: sampled ROIs, as mmdet and detectron2. box: positives, where mmdet and detectron2 divide by the
+#: sampled ROIs (``num_samples``). mask: positives, each a per-pixel mean, as both.
 DEFAULT_NORMALIZERS = {"cls": "num_samples", "box": "num_pos", "mask": "num_pos"}
 
 
@@ -183,7 +184,7 @@ class ROICriterion(TermCriterion):
     * ``box``: smooth-L1 (``beta``) between the deltas predicted *for the GT's class* and
       :func:`encode_deltas` of the ROI to its GT with ``box_stds`` (default ``(0.1, 0.1, 0.2, 0.2)``),
       summed over the 4 coordinates — one element per positive. ``box_deltas`` of shape ``(R, 1, 4)``
-      is class-agnostic.
+      is class-agnostic. mmdet and detectron2 divide it by the sampled ROIs: ``box: num_samples``.
     * ``mask``: BCE of the mask logits of the GT's class against the GT mask cropped to the ROI and
       resized to ``S x S`` (module docstring), averaged over the ``S²`` pixels — one element per
       positive, so ``num_pos`` gives mmdet's and detectron2's per-pixel mean. ``(R, 1, S, S)`` is

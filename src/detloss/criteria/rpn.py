@@ -27,7 +27,8 @@ __all__ = ["DEFAULT_NORMALIZERS", "DEFAULT_WEIGHTS", "RPNCriterion", "RPNTargets
 
 TERMS = ("obj", "box")
 DEFAULT_WEIGHTS = {"obj": 1.0, "box": 1.0}
-#: mmdet's ``avg_factor`` (sampled positives + negatives) for objectness, positives for boxes.
+#: obj: sampled anchors (mmdet's ``avg_factor``). box: positives, where mmdet and detectron2 divide by
+#: the sampled anchors as for obj (``num_samples``).
 DEFAULT_NORMALIZERS = {"obj": "num_samples", "box": "num_pos"}
 BOX_LOSSES = ("smooth_l1", "l1", "giou")
 
@@ -71,7 +72,8 @@ class RPNCriterion(TermCriterion):
       box (:func:`decode_deltas`) with its GT.
 
     Each term is ``weight * sum / D`` with ``D`` a named normalizer (:data:`DEFAULT_NORMALIZERS`:
-    ``num_samples`` for ``obj``, mmdet's ``avg_factor``; ``num_pos`` for ``box``). Counts provided:
+    ``num_samples`` for ``obj``, mmdet's ``avg_factor``; ``num_pos`` for ``box``, where mmdet and detectron2
+    use ``num_samples`` too). Counts provided:
     ``num_pos`` and ``target_sum`` (sampled positives), ``num_samples``, ``batch_size``,
     ``images_with_fg``, ``num_cells`` (anchors per image) and each term's ``num_elements``.
 

@@ -17,6 +17,7 @@ from detloss.diagnose.findings import (
     check_nonfinite,
     check_normalizer_skew,
     check_plateau,
+    check_starved,
     term_names,
 )
 from detloss.diagnose.gradients import (
@@ -37,6 +38,7 @@ __all__ = [
     "check_nonfinite",
     "check_normalizer_skew",
     "check_plateau",
+    "check_starved",
     "dense_dependencies",
     "gradient_accounting",
     "saturation",

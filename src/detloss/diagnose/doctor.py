@@ -31,6 +31,7 @@ from detloss.diagnose.findings import (
     check_nonfinite,
     check_normalizer_skew,
     check_plateau,
+    check_starved,
     term_names,
 )
 from detloss.diagnose.gradients import (
@@ -118,7 +119,9 @@ class Doctor:
 
     Args:
         every_steps: measure when ``step % every_steps == 0`` (0-based step); ``None``: never.
-        dominance, target_ratio: ``check_dominance``'s threshold and the ratio its weights aim at.
+        dominance, target_ratio: ``check_dominance``'s threshold and the ratio its weights (and
+            ``check_starved``'s) aim at.
+        starved_ratio: ``check_starved``'s bound on the gradient-norm ratio of any two terms.
         dead: ``check_dead``'s threshold.
         skew_ratio: ``check_normalizer_skew``'s ratio.
         plateau_window, plateau_tolerance: ``check_plateau``'s window and tolerance.
@@ -131,6 +134,7 @@ class Doctor:
         *,
         dominance: float = 0.9,
         target_ratio: float = 1.0,
+        starved_ratio: float = 100.0,
         dead: float = 0.5,
         skew_ratio: float = 10.0,
         plateau_window: int = 100,
@@ -139,7 +143,10 @@ class Doctor:
     ) -> None:
         if every_steps is not None and every_steps < 1:
             raise ValueError(f"every_steps must be >= 1 or None, got {every_steps}")
+        if not 0 < target_ratio <= starved_ratio:
+            raise ValueError(f"target_ratio must be in (0, starved_ratio={starved_ratio}], got {target_ratio}")
         self.every_steps = every_steps
+        self.starved_ratio = starved_ratio
         self.dominance, self.target_ratio, self.dead = dominance, target_ratio, dead
         self.skew_ratio = skew_ratio
         self.plateau_window, self.plateau_tolerance = plateau_window, plateau_tolerance
@@ -157,6 +164,7 @@ class Doctor:
             cfg.every_steps,
             dominance=cfg.dominance,
             target_ratio=cfg.target_ratio,
+            starved_ratio=cfg.starved_ratio,
             dead=cfg.dead,
             skew_ratio=cfg.skew_ratio,
             plateau_window=cfg.plateau_window,
@@ -228,11 +236,13 @@ class Doctor:
         return m
 
     def gradient_findings(self) -> list[Finding]:
-        """Dominance, dead gradients and non-finite gradients over the measurements, one per (code, term):
+        """Dominance, starved terms, dead and non-finite gradients over the measurements, one per (code, term):
         the last measured (the first for ``NONFINITE``), its message prefixed with the step."""
         seen: dict[tuple[str, str | None], list[tuple[int, Finding]]] = {}
         for m in self.measurements:
-            found = check_dominance(m.account, self.dominance, self.target_ratio) + check_dead(m.account, self.dead)
+            found = check_dominance(m.account, self.dominance, self.target_ratio)
+            found += check_starved(m.account, self.starved_ratio, self.target_ratio)
+            found += check_dead(m.account, self.dead)
             for t in m.account.nonfinite:
                 found.append(
                     Finding(
@@ -331,7 +341,8 @@ class DoctorRun:
         parts += [findings_table(self.findings)]
         overrides = recommended_overrides(self.findings, self.kind)
         if overrides:
-            parts += ["", "recommended weights (GRAD_DOMINANCE, as overrides):", "  " + " ".join(overrides)]
+            parts += ["", "recommended weights (GRAD_DOMINANCE, GRAD_STARVED; as overrides):"]
+            parts += ["  " + " ".join(overrides)]
         cost = self.cost()
         if cost:
             parts += [
@@ -412,14 +423,16 @@ def weight_key(term: str, kind: str = "dense") -> str:
 
 
 def recommended_overrides(findings: Sequence[Finding], kind: str = "dense") -> list[str]:
-    """``<section>.weights.<term>=<w>`` (:func:`weight_key`) for each weight a ``GRAD_DOMINANCE`` finding
-    recommends raising."""
-    out = []
+    """``<section>.weights.<term>=<w>`` (:func:`weight_key`) for each weight a ``GRAD_DOMINANCE`` or
+    ``GRAD_STARVED`` finding recommends raising; a term recommended twice keeps the first value."""
+    out: dict[str, str] = {}
     for f in findings:
-        if f.code == "GRAD_DOMINANCE":
+        if f.code in ("GRAD_DOMINANCE", "GRAD_STARVED"):
             terms = [(k[: -len("/weight")], v) for k, v in f.numbers.items() if k.endswith("/weight")]
-            out += [f"{weight_key(t, kind)}={v:.4g}" for t, v in terms if not t.startswith("u_")]
-    return out
+            for t, v in terms:
+                if not t.startswith("u_"):
+                    out.setdefault(weight_key(t, kind), f"{weight_key(t, kind)}={v:.4g}")
+    return list(out.values())
 
 
 def plot_shares(measurements: Sequence[Measurement], path: str | Path) -> Path | None:

@@ -10,6 +10,8 @@ flat numbers such as :meth:`LossReport.as_dict() <detloss.report.LossReport.as_d
 code                   severity  fires when
 =====================  ========  ===========================================================
 ``GRAD_DOMINANCE``     warning   one term's share of the summed gradient norms > ``threshold``
+``GRAD_STARVED``       warning   another term's gradient norm > ``ratio`` × this term's (every
+                                 pair, both ways round)
 ``DEAD_GRADIENT``      warning   a term's dead fraction > ``threshold``
 ``NONFINITE``          error     a term's value / raw sum / normalizer is NaN or Inf
 ``NORMALIZER_SKEW``    warning   a normalizer's max/min over steps > ``ratio``, or train vs.
@@ -39,6 +41,7 @@ __all__ = [
     "check_nonfinite",
     "check_normalizer_skew",
     "check_plateau",
+    "check_starved",
     "term_names",
 ]
 
@@ -155,6 +158,80 @@ def check_dominance(account: GradientAccount, threshold: float = 0.9, target_rat
     if dead:
         fix += ("; " if fix else "") + f"find why {', '.join(dead)} get no gradient (see DEAD_GRADIENT)"
     return [Finding("GRAD_DOMINANCE", "warning", message, numbers, fix + ".", term=d)]
+
+
+def _leading_number(text: str | None) -> float | None:
+    """``2.02e+05`` from an account's normalizer text ``"2.02e+05 (mean)"``; ``None`` if there is none."""
+    try:
+        value = float((text or "").split()[0])
+    except (IndexError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def check_starved(account: GradientAccount, ratio: float = 100.0, target_ratio: float = 1.0) -> list[Finding]:
+    """``GRAD_STARVED`` for each term ``s`` whose gradient norm is more than ``ratio`` times smaller than
+    another term's. Every ordered pair is checked, so the weaker term of a pair is found whichever
+    comes first; ``s``'s finding lists every term that starves it.
+
+    Gradient norms are proportional to ``weight / D`` (``value = weight * raw / D``). With ``b`` the
+    strongest term and ``f = norm_b / (target_ratio * norm_s)``, multiplying ``s``'s gradient by ``f``
+    puts every pair with ``s`` at ``target_ratio``:1 or closer, by either
+
+    - raising ``s``'s weight: ``w_s * f`` (``numbers["<s>/weight"]``; the smallest weight within the
+      bound, ``w_s * norm_b / (ratio * norm_s)``, is ``numbers["<s>/weight_min"]``), or
+    - a normalizer ``f`` times smaller: ``D_s / f`` (``numbers["<s>/normalizer"]``), e.g. one that
+      counts the positives instead of every element.
+
+    Terms with a zero or non-finite gradient norm are skipped: no weight changes a zero gradient
+    (``DEAD_GRADIENT`` and ``NONFINITE`` cover them), and a term with weight 0 is off, not starved.
+    """
+    if not ratio > 1:
+        raise ValueError(f"ratio must be > 1, got {ratio}")
+    if not 0 < target_ratio <= ratio:
+        raise ValueError(f"target_ratio must be in (0, ratio={ratio}], got {target_ratio}")
+    norms = {k: n for k, n in account.norms.items() if math.isfinite(n) and n > 0}
+    t = target_ratio
+    tf = "" if t == 1 else f"{_g(t)} × "
+    out = []
+    for s, ns in norms.items():
+        stronger = {b: nb for b, nb in norms.items() if nb / ns > ratio}
+        if not stronger:
+            continue
+        b = max(stronger, key=stronger.get)
+        nb, ws, d_now = norms[b], account.weights.get(s, math.nan), _leading_number(account.normalizers.get(s))
+        numbers: dict[str, float] = {"ratio": ratio, "target_ratio": t, f"{s}/grad_norm": ns}
+        pairs = []
+        for o, no in stronger.items():
+            numbers[f"{o}/grad_norm"] = no
+            numbers[f"ratio/{o}:{s}"] = no / ns
+            pairs.append(f"{o} {_g(no)} vs {s} {_g(ns)}: ratio {_g(no / ns)}")
+        message = f"{s}'s gradient is starved (bound {_g(ratio)}:1): " + "; ".join(pairs) + "."
+        steps, fixes = [], []
+        below = _g(ns) if t == 1 else f"({_g(t)} × {_g(ns)})"
+        if math.isfinite(ws):
+            new_w, min_w = ws * nb / (t * ns), ws * nb / (ratio * ns)
+            numbers.update({f"{s}/weight_now": ws, f"{s}/weight": new_w, f"{s}/weight_min": min_w})
+            steps.append(
+                f"set {s} weight {_g(ws)} → {_g(ws)} × {_g(nb)}/{below} = {_g(new_w)} (the least within "
+                f"{_g(ratio)}:1 is {_g(ws)} × {_g(nb)}/({_g(ratio)} × {_g(ns)}) = {_g(min_w)})"
+            )
+            fixes.append(
+                f"set loss weight {s}={_g(new_w)} ({_g(t)}:1 against {b}; at least {_g(min_w)} for {_g(ratio)}:1)"
+            )
+        if d_now is not None:
+            new_d = d_now * t * ns / nb
+            numbers.update({f"{s}/normalizer_now": d_now, f"{s}/normalizer": new_d})
+            now = account.normalizers[s]
+            steps.append(f"normalize {s} by {_g(d_now)} × {tf}{_g(ns)}/{_g(nb)} = {_g(new_d)} instead of {now}")
+            # a mean divides by every element, the usual way a sparse term starves
+            hint = " (a count of its positives, num_pos or target_sum, not of every element)" if "(mean)" in now else ""
+            fixes.append(f"give {s} a normalizer of about {_g(new_d)} instead of {now}{hint}")
+        if steps:
+            message += f" To reach {_g(t)}:1 against {b}: " + "; or ".join(steps) + "."
+        fix = "; or ".join(fixes) or f"raise {s}'s weight or lower its normalizer {_g(nb / (t * ns))}×"
+        out.append(Finding("GRAD_STARVED", "warning", message, numbers, fix + ".", term=s))
+    return out
 
 
 def check_dead(account: GradientAccount, threshold: float = 0.5) -> list[Finding]:

@@ -83,7 +83,7 @@ class GradientAccount:
             <detloss.diagnose.doctor.Doctor.measure>`).
         weights: term -> its gain when measured (gradient norms scale linearly with it).
         values: term -> its value when measured.
-        normalizers: term -> ``"name=value"`` of its normalizer.
+        normalizers: term -> its normalizer as ``"value (name)"`` (``"value"`` when read from ``doctor.csv``).
         nonfinite: terms whose gradient had a NaN or Inf element.
     """
 

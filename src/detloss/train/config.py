@@ -102,7 +102,8 @@ class ModelConfig(_Strict):
 
 class RPNConfig(_Strict):
     """Every option of :class:`detloss.criteria.rpn.RPNCriterion` (terms ``obj``, ``box``; logged as
-    ``rpn_obj``, ``rpn_box``). Defaults: normalizers ``num_samples`` / ``num_pos`` (mmdet's avg_factor)."""
+    ``rpn_obj``, ``rpn_box``). Defaults: normalizers ``num_samples`` / ``num_pos`` (mmdet and detectron2:
+    ``num_samples`` for both)."""
 
     weights: dict[str, float] = Field(default_factory=dict)
     normalizers: Normalizers = Field(default_factory=dict)
@@ -119,7 +120,8 @@ class RPNConfig(_Strict):
 
 class ROIConfig(_Strict):
     """Every option of :class:`detloss.criteria.roi.ROICriterion` (terms ``cls``, ``box``, ``mask``; logged as
-    ``roi_cls`` ...). Defaults: normalizers ``num_samples`` / ``num_pos`` / ``num_pos``."""
+    ``roi_cls`` ...). Defaults: normalizers ``num_samples`` / ``num_pos`` / ``num_pos`` (mmdet and detectron2:
+    ``num_samples`` for box)."""
 
     weights: dict[str, float] = Field(default_factory=dict)
     normalizers: Normalizers = Field(default_factory=dict)
@@ -181,7 +183,8 @@ class DoctorConfig(_Strict):
 
     every_steps: int | None = Field(None, ge=1)  # None: no accounting while training
     dominance: float = Field(0.9, gt=0, lt=1)  # GRAD_DOMINANCE: share above which one term dominates
-    target_ratio: float = Field(1.0, gt=0)  # GRAD_DOMINANCE: the ratio the recommended weights aim at
+    target_ratio: float = Field(1.0, gt=0)  # GRAD_DOMINANCE, GRAD_STARVED: the ratio the recommended weights aim at
+    starved_ratio: float = Field(100.0, gt=1)  # GRAD_STARVED: gradient-norm ratio of two terms that starves the weaker
     dead: float = Field(0.5, ge=0, lt=1)  # DEAD_GRADIENT: dead fraction threshold
     skew_ratio: float = Field(10.0, gt=1)  # NORMALIZER_SKEW: max/min (and train/val) ratio
     plateau_window: int = Field(100, ge=2)  # PLATEAU: steps in the fitted window
