@@ -149,3 +149,21 @@ def test_resumable_and_allowed_changes_are_accepted_and_announced(saved, tmp_pat
     assert "optim.lr 0.002 -> 0.01" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match=r"allow_changes names no config field: \['optim.learning_rate'\]"):
         Trainer(_config(tmp_path / "c"), resume=saved, allow_changes=("optim.learning_rate",))
+
+
+def test_a_non_finite_loss_stops_the_run_before_it_saves(tmp_path, monkeypatch):
+    from detloss.criteria.dense import DenseCriterion
+
+    calls, original = [], DenseCriterion._polygon_elements
+
+    def poisoned(self, pred, target, valid):  # the polygon term turns NaN at step 6 (epoch 2)
+        calls.append(1)
+        elements = original(self, pred, target, valid)
+        return elements * float("nan") if len(calls) == 6 else elements
+
+    monkeypatch.setattr(DenseCriterion, "_polygon_elements", poisoned)
+    with pytest.raises(FloatingPointError, match=r"step 6: the loss is not finite \(terms \['poly'\]\)"):
+        Trainer(_config(tmp_path)).fit()
+    rows = read_csv(tmp_path / "steps.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and rows[-1]["poly"] != rows[-1]["poly"]  # NaN logged
+    assert read_checkpoint(tmp_path / "last.pt")["step"] == 4  # epoch 1's, not the NaN weights
