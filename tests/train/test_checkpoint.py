@@ -167,3 +167,14 @@ def test_a_non_finite_loss_stops_the_run_before_it_saves(tmp_path, monkeypatch):
     rows = read_csv(tmp_path / "steps.csv")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and rows[-1]["poly"] != rows[-1]["poly"]  # NaN logged
     assert read_checkpoint(tmp_path / "last.pt")["step"] == 4  # epoch 1's, not the NaN weights
+
+
+def test_cli_resume_refuses_a_changed_field_unless_it_is_allowed(saved, tmp_path, capsys):
+    from detloss.cli import main
+
+    args = ["train", "--resume", str(saved), *RUN, f"out_dir={tmp_path}", "max_steps=1", "optim.lr=0.01"]
+    assert main(args) == 2
+    assert "optim.lr: saved 0.002, requested 0.01" in capsys.readouterr().err
+    assert main([*args, "--allow-change", "optim.lr"]) == 0
+    assert "at step 0: optim.lr 0.002 -> 0.01" in capsys.readouterr().err
+    assert [r["step"] for r in read_csv(tmp_path / "steps.csv")] == [1]
