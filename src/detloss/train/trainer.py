@@ -341,8 +341,8 @@ class Trainer:
         bad = [name for name in report if not math.isfinite(flat[name])]
         return FloatingPointError(
             f"step {self.step}: the loss is not finite (terms {bad}); the run stops before saving, so "
-            f"{self.out / 'last.pt'} keeps the last finite state. Lower optim.lr ({self.cfg.optim.lr:g}) or look "
-            "for the cause with `detloss doctor` (DETLOSS_DEBUG_NAN=1 names the operation)"
+            f"{self.out / 'last.pt'}, if any, keeps the last finite state. Lower optim.lr ({self.cfg.optim.lr:g}) "
+            "or look for the cause with `detloss doctor` (DETLOSS_DEBUG_NAN=1 names the operation)"
         )
 
 
