@@ -63,6 +63,10 @@ def parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train the small detector (torchrun for several processes)")
     train.add_argument("--config", default=None, help="YAML file (default: the built-in shapes run)")
     train.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. RUN/last.pt)")
+    train.add_argument(
+        "--allow-change", action="append", default=[], metavar="FIELD",
+        help="with --resume: a config field (or section) this run changes on purpose, e.g. optim.lr",
+    )  # fmt: skip
     train.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. optim.lr=0.01 loss.weights.cls=1")
     doctor = sub.add_parser("doctor", help="a few training steps with gradient accounting, and the findings")
     doctor.add_argument("--config", default=None, help="YAML file (default: the built-in shapes run)")
@@ -128,7 +132,7 @@ def train(args: argparse.Namespace) -> int:
         raise SystemExit(f"detloss train needs the train extra: pip install 'detloss[train]' ({err})") from err
 
     config = load_config(args.config, args.overrides)
-    trainer = build_trainer(config, resume=args.resume)
+    trainer = build_trainer(config, resume=args.resume, allow_changes=tuple(args.allow_change))
     metrics = trainer.fit()
     if trainer.dist.is_main:
         print(f"\nrun folder: {trainer.out}")

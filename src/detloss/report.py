@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from detloss.debug import debug_nan_enabled, watch
@@ -127,20 +128,35 @@ class LossReport(Mapping[str, Term]):
         """``scale *`` the sum of the term values: what ``backward()`` is called on."""
         return torch.stack([t.value for t in self._terms.values()]).sum() * self.scale
 
-    def as_dict(self, prefix: str = "") -> dict[str, float]:
-        """Flat ``{name: value, name/raw_sum: ..., ..., total: ...}`` with one host sync."""
-        keys, values = [], []
+    def as_dict(self, prefix: str = "", across_ranks: bool = False) -> dict[str, float]:
+        """Flat ``{name: value, name/raw_sum: ..., ..., total: ...}`` with one host sync.
+
+        ``across_ranks``: under DDP, every rank's report combined with one ``all_reduce``, so the numbers
+        are those of one process on the whole batch: ``raw_sum``, ``num_elements`` and ``num_pos`` are
+        summed; so is ``normalizer``, since each rank holds the global ``D`` ÷ world size; the values, the
+        weights and the total are averaged (the mean of the ranks' values is the one-process value).
+        Every rank must call it at the same point. Outside DDP it changes nothing.
+        """
+        keys, values, averaged = [], [], []
         for name, term in self._terms.items():
             keys.append(f"{prefix}{name}")
             values.append(term.value.detach())
+            averaged.append(True)
             for field in Term.FIELDS:
                 keys.append(f"{prefix}{name}/{field}")
                 values.append(torch.as_tensor(getattr(term, field), dtype=torch.float32).detach())
+                averaged.append(field == "weight")
         keys.append(f"{prefix}total")
         values.append(self.total.detach())
+        averaged.append(True)
         device = values[0].device
-        numbers = torch.stack([v.float().to(device) for v in values]).tolist()
-        return dict(zip(keys, numbers, strict=True))
+        stacked = torch.stack([v.float().to(device) for v in values])
+        world = dist.get_world_size() if across_ranks and dist.is_available() and dist.is_initialized() else 1
+        if world > 1:
+            dist.all_reduce(stacked)
+            divisor = torch.tensor([world if a else 1 for a in averaged], dtype=stacked.dtype, device=device)
+            stacked = stacked / divisor
+        return dict(zip(keys, stacked.tolist(), strict=True))
 
     def table(self) -> str:
         """A fixed-width table, one row per term, for terminals and logs."""

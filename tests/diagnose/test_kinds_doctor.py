@@ -61,7 +61,8 @@ def test_a_vanishing_positive_weight_collapses_detections_and_the_doctor_says_so
     falling = ["train/total"] if kind == "grid" else ["train/rpn_obj", "train/rpn_box"]
     assert all(rows[-1][k] < 0.8 * rows[0][k] for k in falling)
     assert rows[-1]["val/dets_per_image"] > 1.0 and max(r["val/map50"] for r in rows) > 0.1
-    Trainer(load_config(None, [*base, "epochs=8", knob]), resume=tmp_path / "last.pt").fit()
+    changed = knob.partition("=")[0]  # a deliberate change: the resume must be told
+    Trainer(load_config(None, [*base, "epochs=8", knob]), resume=tmp_path / "last.pt", allow_changes=(changed,)).fit()
     dets = [r["val/dets_per_image"] for r in read_csv(tmp_path / "epochs.csv")]
     assert max(dets[:6]) > 1.0 and dets[6:] == [0.0, 0.0]
     assert "DETECTION_COLLAPSE" not in healthy

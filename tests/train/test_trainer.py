@@ -11,6 +11,7 @@ import torch
 from detloss.testing import spawn_gloo, torchrun_train
 from detloss.testing.tiny import TINY_RUN
 from detloss.train.config import load_config
+from detloss.train.logs import read_csv
 from detloss.train.trainer import Trainer
 
 TINY = [*TINY_RUN, "log_every=1"]
@@ -68,10 +69,21 @@ def test_two_processes_take_the_same_step_as_one(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun smoke test runs on Linux CI")
-def test_torchrun_two_process_smoke(tmp_path):
-    stdout = torchrun_train([*TINY, f"out_dir={tmp_path}", "epochs=1", "max_steps=2"])
+def test_torchrun_two_process_run_logs_the_one_process_numbers(tmp_path):
+    torch.set_num_threads(1)
+    stdout = torchrun_train([*TINY, f"out_dir={tmp_path / 'ddp'}", "epochs=1", "max_steps=2"])
     assert "map50" in stdout
-    assert len((tmp_path / "steps.csv").read_text().splitlines()) == 1 + 2
+    assert len((tmp_path / "ddp" / "steps.csv").read_text().splitlines()) == 1 + 2
+    Trainer(_config(tmp_path / "single", "epochs=1", "max_steps=2")).fit()
+    steps = [read_csv(tmp_path / run / "steps.csv") for run in ("ddp", "single")]
+    # every rank's report combined, not rank 0's half of the batch (whose cls count is half of 2016)
+    assert steps[1][0]["cls/num_elements"] == 4 * 504  # 4 images x (64 + 16 + 4 anchors) x 6 classes
+    epochs = [read_csv(tmp_path / run / "epochs.csv") for run in ("ddp", "single")]
+    for ddp, single in [*zip(*steps, strict=True), *zip(*epochs, strict=True)]:
+        assert set(ddp) == set(single)
+        for key in set(single) - {"seconds"}:  # val/*: rank 0 evaluates alone in both runs
+            if not key.startswith("val/"):
+                assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
 
 
 def test_compare_writes_a_figure_and_a_table(tmp_path):

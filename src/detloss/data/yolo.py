@@ -11,7 +11,10 @@ Each non-blank label line is one object, all coordinates normalized to ``[0, 1]`
 * ``cls x1 y1 x2 y2 ... xn yn`` (``n >= 3``) -- a polygon segment; its box is the bounds of all ``n``
   points (taken before any reduction below).
 
-An image without a label file has no objects. Polygons are made to fit ``K = num_vertices`` slots:
+An image without a label file has no objects; a label file without an image (same stem, one of
+:data:`IMAGE_SUFFIXES`) is an error, since its objects would be dropped.
+
+Polygons are made to fit ``K = num_vertices`` slots:
 
 * ``n <= K``: the points are kept as given (repeated consecutive points removed);
 * ``n > K``: replaced by their convex hull; if the hull still has ``m > K`` vertices, ``K`` of them are
@@ -69,24 +72,31 @@ def load_image(path: str | Path) -> Tensor:
     """Read an image file as a ``(3, H, W)`` float32 tensor in ``[0, 1]``.
 
     ``.npy`` needs numpy; ``.png`` / ``.jpg`` / ``.jpeg`` need Pillow (an ``ImportError`` says so).
-    Raises ``ValueError`` naming the file for an unsupported suffix, shape, dtype or value range.
+    Raises ``ValueError`` naming the file for an unsupported suffix, a file the reader cannot decode
+    (truncated, corrupt, or not what its suffix says), or a bad shape, dtype or value range.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     np = _numpy()
-    if suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-    elif suffix in (".png", ".jpg", ".jpeg"):
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image type {suffix!r}; expected one of {IMAGE_SUFFIXES}")
+    if suffix != ".npy":
         try:
             from PIL import Image
         except ImportError as e:
             raise ImportError(
                 f"{path}: reading {suffix} images needs Pillow (pip install pillow), or save them as .npy arrays"
             ) from e
-        with Image.open(path) as im:
-            arr = np.array(im.convert("RGB"))  # a writable copy
-    else:
-        raise ValueError(f"{path}: unsupported image type {suffix!r}; expected one of {IMAGE_SUFFIXES}")
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as im:
+                arr = np.array(im.convert("RGB"))  # a writable copy
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # the readers' own errors (OSError, ValueError, EOFError, ...) omit the path
+        raise ValueError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from err
 
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -306,6 +316,7 @@ class YoloDataset(torch.utils.data.Dataset):
             raise ValueError(f"{image_dir}: image folder not found (expected root/images/{split})")
         self.label_dir = self.root / "labels" / split
         self.image_paths = sorted(p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        _check_every_label_has_an_image(self.label_dir, image_dir, {p.stem for p in self.image_paths})
         self.targets: list[dict[str, Tensor]] = []
         for p in self.image_paths:
             label = self.label_dir / f"{p.stem}.txt"
@@ -332,6 +343,18 @@ class YoloDataset(torch.utils.data.Dataset):
             "is_polygon": t["is_polygon"].clone(),
             "path": str(path),
         }
+
+
+def _check_every_label_has_an_image(label_dir: Path, image_dir: Path, stems: set[str]) -> None:
+    if not label_dir.is_dir():
+        return
+    orphans = sorted(p.name for p in label_dir.glob("*.txt") if p.stem not in stems)
+    if orphans:
+        shown = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
+        raise ValueError(
+            f"{label_dir}: {len(orphans)} label file(s) without an image in {image_dir} "
+            f"(same stem, one of {IMAGE_SUFFIXES}): {shown}"
+        )
 
 
 def _empty_targets(num_vertices: int) -> dict[str, Tensor]:

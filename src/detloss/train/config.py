@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from detloss._atomic import atomic_write
 from detloss.normalize import Normalizer
 
 
@@ -20,25 +21,55 @@ def _check_normalizers(value: dict[str, str]) -> dict[str, str]:
 #: term -> normalizer name, checked against the names :mod:`detloss.normalize` knows.
 Normalizers = Annotated[dict[str, str], AfterValidator(_check_normalizers)]
 
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+LogVariance = Annotated[float, Field(ge=-20, le=20)]
+
+
+def _polygon_slots(k: int) -> int:
+    if k in (1, 2):
+        raise ValueError(f"must be 0 (no polygon branch) or >= 3 (a polygon has 3 vertices at least), got {k}")
+    return k
+
+
+def _power_of_two(stride: int) -> int:
+    if stride & (stride - 1):
+        raise ValueError(f"must be a power of 2 (each stride-2 stage halves the grid), got {stride}")
+    return stride
+
+
+def _ordered(bounds: tuple[float, float]) -> tuple[float, float]:
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"must be (low, high) with low <= high, got {bounds}")
+    return bounds
+
+
+def _iou_bands(section):
+    """Between ``neg_iou`` and ``pos_iou`` lies the ignore band, so it cannot be reversed."""
+    if section.neg_iou > section.pos_iou:
+        raise ValueError(f"neg_iou ({section.neg_iou}) must be <= pos_iou ({section.pos_iou})")
+    return section
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: an lr of 1e400 parses as inf and would train NaN weights
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
     """Where images come from. ``shapes`` is generated on the fly from ``seed`` (no download)."""
 
     kind: Literal["shapes", "yolo", "coco"] = "shapes"
-    image_size: int = 256
-    train_images: int = 2000
-    val_images: int = 200
-    max_objects: int = 4
-    seed: int = 0
+    image_size: int = Field(256, ge=32)  # at least one cell on the coarsest (stride 32) level
+    train_images: int = Field(2000, ge=1)
+    val_images: int = Field(200, ge=1)
+    max_objects: int = Field(4, ge=1)
+    seed: int = Field(0, ge=0)
     root: str | None = None  # yolo: dataset root; coco: image directory
     train_annotations: str | None = None  # coco only
     val_annotations: str | None = None  # coco only
-    hflip: float = 0.5
-    num_classes: int | None = None  # inferred from the data when left out
+    hflip: float = Field(0.5, ge=0, le=1)  # probability
+    num_classes: int | None = Field(None, ge=1)  # inferred from the data when left out
     # train on this fraction of the training images (a seeded choice); with `semi`, the rest is unlabelled
     labelled_fraction: float = Field(1.0, gt=0, le=1)
 
@@ -47,46 +78,46 @@ class BackgroundConfig(_Strict):
     """Report 004's background penalty and its ``lambda_bg`` schedule (epochs)."""
 
     kind: Literal["max", "focal"] = "max"
-    max_value: float = 1.0
-    burn_in: float | None = 0.0  # None only under `semi`: the teacher's burn-in
-    warmup: float = 0.0
+    max_value: float = Field(1.0, ge=0)
+    burn_in: float | None = Field(0.0, ge=0)  # None only under `semi`: the teacher's burn-in
+    warmup: float = Field(0.0, ge=0)
     mode: Literal["linear", "step"] = "linear"
-    gamma: float = 2.0
-    logit_clamp: float | None = None
+    gamma: float = Field(2.0, ge=0)
+    logit_clamp: float | None = Field(None, gt=0)
 
 
 class LossConfig(_Strict):
     """Every option of :class:`detloss.DenseCriterion`."""
 
     preset: Literal["ultralytics"] | None = None
-    reg_max: int = 8
-    weights: dict[str, float] = Field(default_factory=dict)
+    reg_max: int = Field(8, ge=1)
+    weights: dict[str, NonNegative] = Field(default_factory=dict)
     normalizers: Normalizers = Field(default_factory=dict)
     cls_loss: Literal["bce", "focal", "varifocal", "quality_focal"] = "bce"
-    cls_loss_args: dict[str, float] = Field(default_factory=dict)
-    class_weights: list[float] | None = None
+    cls_loss_args: dict[str, NonNegative] = Field(default_factory=dict)  # alpha, gamma, beta: all >= 0
+    class_weights: list[NonNegative] | None = None
     box_loss: Literal["iou", "giou", "diou", "ciou"] = "ciou"
-    topk: int = 10
-    alpha: float = 0.5
-    beta: float = 6.0
-    num_vertices: int = 8  # 0: no polygon branch
+    topk: int = Field(10, ge=1)
+    alpha: float = Field(0.5, ge=0)
+    beta: float = Field(6.0, ge=0)
+    num_vertices: Annotated[int, Field(ge=0), AfterValidator(_polygon_slots)] = 8  # 0: no polygon branch
     polygon_loss: Literal["mgiou", "mgiou+", "l1", "l2"] = "mgiou"
-    convexity_weight: float = 0.1
+    convexity_weight: float = Field(0.1, ge=0)
     background: BackgroundConfig | None = None
 
 
 class OptimConfig(_Strict):
     name: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 2e-3
-    polygon_lr: float | None = None  # report 001: a separate learning rate for the polygon head
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_steps: int = 100
+    lr: float = Field(2e-3, gt=0)
+    polygon_lr: float | None = Field(None, gt=0)  # a separate learning rate for the polygon head
+    momentum: float = Field(0.9, ge=0, lt=1)  # adamw: beta1
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
-    final_lr_fraction: float = 0.05
-    grad_clip: float | None = 10.0
+    final_lr_fraction: float = Field(0.05, ge=0, le=1)
+    grad_clip: float | None = Field(10.0, gt=0)  # max gradient norm; None: no clipping
     amp: bool = True  # used where the device supports it (CUDA)
-    ema_decay: float | None = 0.999
+    ema_decay: float | None = Field(0.999, gt=0, lt=1)  # None: no EMA
 
 
 class ModelConfig(_Strict):
@@ -94,10 +125,10 @@ class ModelConfig(_Strict):
     ``two_stage`` (:class:`TinyTwoStage`, ``rpn`` + ``roi``) or ``grid`` (:class:`TinyGrid`, ``grid``)."""
 
     kind: Literal["dense", "two_stage", "grid"] = "dense"
-    width: int = 24
-    proposals_train: int = 256  # two_stage: RPN proposals kept per image in training (before GT are added)
-    proposals_test: int = 100  # two_stage: ... in evaluation
-    stride: int = 16  # grid: pixels per cell
+    width: int = Field(24, ge=2)  # the stem's first conv has width // 2 channels
+    proposals_train: int = Field(256, ge=1)  # two_stage: RPN proposals kept per image in training (before GT)
+    proposals_test: int = Field(100, ge=1)  # two_stage: ... in evaluation
+    stride: Annotated[int, Field(ge=4), AfterValidator(_power_of_two)] = 16  # grid: pixels per cell
 
 
 class RPNConfig(_Strict):
@@ -105,17 +136,21 @@ class RPNConfig(_Strict):
     ``rpn_obj``, ``rpn_box``). Defaults: normalizers ``num_samples`` / ``num_pos`` (mmdet and detectron2:
     ``num_samples`` for both)."""
 
-    weights: dict[str, float] = Field(default_factory=dict)
+    weights: dict[str, NonNegative] = Field(default_factory=dict)
     normalizers: Normalizers = Field(default_factory=dict)
     pos_weight: float = Field(1.0, gt=0)  # report 002's rpn_cls_pos_weight
     box_loss: Literal["smooth_l1", "l1", "giou"] = "smooth_l1"
     beta: float = Field(1.0 / 9.0, ge=0)
     sample_num: int = Field(256, ge=1)
     pos_fraction: float = Field(0.5, gt=0, le=1)
-    pos_iou: float = 0.7
-    neg_iou: float = 0.3
-    min_pos_iou: float = 0.3
+    pos_iou: float = Field(0.7, ge=0, le=1)
+    neg_iou: float = Field(0.3, ge=0, le=1)
+    min_pos_iou: float = Field(0.3, ge=0, le=1)
     allow_low_quality: bool = True
+
+    @model_validator(mode="after")
+    def _bands(self):
+        return _iou_bands(self)
 
 
 class ROIConfig(_Strict):
@@ -123,7 +158,7 @@ class ROIConfig(_Strict):
     ``roi_cls`` ...). Defaults: normalizers ``num_samples`` / ``num_pos`` / ``num_pos`` (mmdet and detectron2:
     ``num_samples`` for box)."""
 
-    weights: dict[str, float] = Field(default_factory=dict)
+    weights: dict[str, NonNegative] = Field(default_factory=dict)
     normalizers: Normalizers = Field(default_factory=dict)
     fg_weight: float = Field(1.0, gt=0)  # report 002's roi_cls_pos_weight
     label_smoothing: float = Field(0.0, ge=0, le=1)
@@ -132,9 +167,13 @@ class ROIConfig(_Strict):
     beta: float = Field(1.0, ge=0)
     sample_num: int = Field(512, ge=1)
     pos_fraction: float = Field(0.25, gt=0, le=1)
-    pos_iou: float = 0.5
-    neg_iou: float = 0.5
-    min_pos_iou: float = 0.5
+    pos_iou: float = Field(0.5, ge=0, le=1)
+    neg_iou: float = Field(0.5, ge=0, le=1)
+    min_pos_iou: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _bands(self):
+        return _iou_bands(self)
 
 
 class GridConfig(_Strict):
@@ -143,7 +182,7 @@ class GridConfig(_Strict):
     validation losses are comparable (report 003; the criterion's own defaults are the report's per-batch
     cell counts)."""
 
-    weights: dict[str, float] = Field(default_factory=dict)
+    weights: dict[str, NonNegative] = Field(default_factory=dict)
     normalizers: Normalizers = Field(default_factory=dict)  # unset terms: batch_size
     loc_loss: Literal["mse", "l1", "smooth_l1"] = "mse"
     cls_loss: Literal["bce", "ce"] = "ce"
@@ -152,10 +191,10 @@ class GridConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    every_epochs: int = 2
-    conf: float = 0.25  # precision / recall / detections-per-image threshold
-    nms_iou: float = 0.6
-    max_det: int = 100
+    every_epochs: int = Field(2, ge=1)
+    conf: float = Field(0.25, ge=0, le=1)  # precision / recall / detections-per-image threshold
+    nms_iou: float = Field(0.6, gt=0, le=1)
+    max_det: int = Field(100, ge=1)
     plots: bool = True
 
 
@@ -165,16 +204,18 @@ class BalanceConfig(_Strict):
 
     kind: Literal["fixed", "uncertainty", "gradnorm", "ema_norm"] = "fixed"
     terms: list[str] | None = None  # the balanced terms; None: all of the criterion's
-    targets: dict[str, float] = Field(default_factory=dict)  # gradnorm, ema_norm: gradient-norm ratios (default 1)
+    targets: dict[str, Positive] = Field(default_factory=dict)  # gradnorm, ema_norm: gradient-norm ratios (default 1)
     every_steps: int | None = Field(None, ge=1)  # gradnorm, ema_norm: measure every N steps (None: 1 / 10)
     alpha: float = Field(1.5, ge=0)  # gradnorm: restoring force toward equal training rates
     lr: float = Field(0.025, gt=0)  # gradnorm: step on log(multiplier) per update
     ema: float = Field(0.9, ge=0, lt=1)  # ema_norm: EMA decay of the measured norms
     rate: float = Field(0.5, gt=0, le=1)  # ema_norm: fraction of the log-gap to the target closed per update
     max_step: float = Field(2.0, gt=1)  # ema_norm: largest factor a multiplier changes by per update
-    weight_bounds: tuple[float, float] = (0.01, 100.0)  # gradnorm, ema_norm: multiplier clamp
-    log_var_bounds: tuple[float, float] = (-4.0, 4.0)  # uncertainty: (lo, hi) of each log-variance s
-    log_var_lr: float | None = None  # uncertainty: learning rate of the log-variances (None: optim.lr)
+    # gradnorm, ema_norm: multiplier clamp
+    weight_bounds: Annotated[tuple[Positive, Positive], AfterValidator(_ordered)] = (0.01, 100.0)
+    # uncertainty: (lo, hi) of each log-variance s; |s| <= 20 keeps exp(-s) far from float32 overflow
+    log_var_bounds: Annotated[tuple[LogVariance, LogVariance], AfterValidator(_ordered)] = (-4.0, 4.0)
+    log_var_lr: float | None = Field(None, gt=0)  # uncertainty: learning rate of the log-variances (None: optim.lr)
 
 
 class DoctorConfig(_Strict):
@@ -244,13 +285,13 @@ class TrainConfig(_Strict):
     """A whole run; ``detloss train --config run.yaml key.sub=value`` builds one."""
 
     out_dir: str = "runs/shapes"
-    epochs: int = 8
-    batch_size: int = 16
-    seed: int = 0
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1)  # the global batch, split over the ranks under torchrun
+    seed: int = Field(0, ge=0)
     device: str = "auto"
-    log_every: int = 10
-    max_steps: int | None = None  # stop early (tests, smoke runs)
-    threads: int | None = None
+    log_every: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # stop early (tests, smoke runs)
+    threads: int | None = Field(None, ge=1)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -291,6 +332,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config (defaults filled in) as YAML."""
-    with open(path, "w") as f:
+    """Write the resolved config (defaults filled in) as YAML, atomically."""
+    with atomic_write(path) as f:
         yaml.safe_dump(config.model_dump(mode="json"), f, sort_keys=False)

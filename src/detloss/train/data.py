@@ -9,32 +9,48 @@ from detloss.train.config import DataConfig
 
 
 def build_datasets(cfg: DataConfig, num_vertices: int):
-    """``(train, val, num_classes)`` for ``cfg.kind``; YOLO/COCO samples are letterboxed to ``image_size``."""
+    """``(train, val, num_classes)`` for ``cfg.kind``; YOLO/COCO samples are letterboxed to ``image_size``.
+
+    ``data.num_classes`` bounds the labels: a YOLO label line with a larger class is an error naming its
+    file and line, and a value below the COCO categories or the shapes' classes is refused here.
+    """
     if cfg.kind == "shapes":
         from detloss.data.shapes import ShapesDataset
 
         k = num_vertices if num_vertices >= 3 else 8
         train = ShapesDataset(cfg.train_images, cfg.image_size, cfg.max_objects, k, seed=cfg.seed, split="train")
         val = ShapesDataset(cfg.val_images, cfg.image_size, cfg.max_objects, k, seed=cfg.seed, split="val")
+        _check_num_classes(cfg, train.num_classes, "the shapes dataset has")
         return _Cached(train), _Cached(val), cfg.num_classes or train.num_classes
     if cfg.root is None:
         raise ValueError(f"data.root is required for data.kind={cfg.kind!r}")
+    if 0 < num_vertices < 4:
+        raise ValueError(
+            f"loss.num_vertices={num_vertices}: data.kind={cfg.kind!r} gives boxes 4-vertex rectangles; use 0 or >= 4"
+        )
+    k = num_vertices or 8
     if cfg.kind == "yolo":
         from detloss.data.yolo import YoloDataset
 
-        train = YoloDataset(cfg.root, "train", num_vertices=num_vertices if num_vertices >= 3 else 8)
-        val = YoloDataset(cfg.root, "val", num_vertices=num_vertices if num_vertices >= 3 else 8)
+        train = YoloDataset(cfg.root, "train", num_vertices=k, num_classes=cfg.num_classes)
+        val = YoloDataset(cfg.root, "val", num_vertices=k, num_classes=cfg.num_classes)
     else:
         from detloss.data.coco import CocoDataset
 
         if cfg.train_annotations is None or cfg.val_annotations is None:
             raise ValueError("data.train_annotations and data.val_annotations are required for data.kind='coco'")
-        train = CocoDataset(cfg.root, cfg.train_annotations, num_vertices=num_vertices if num_vertices >= 3 else 8)
-        val = CocoDataset(cfg.root, cfg.val_annotations, num_vertices=num_vertices if num_vertices >= 3 else 8)
+        train = CocoDataset(cfg.root, cfg.train_annotations, num_vertices=k)
+        val = CocoDataset(cfg.root, cfg.val_annotations, num_vertices=k)
+        _check_num_classes(cfg, train.num_classes, f"{cfg.train_annotations} has categories for")
     num_classes = cfg.num_classes or getattr(train, "num_classes", None)
     if num_classes is None:
         raise ValueError("set data.num_classes: it cannot be inferred from this dataset")
     return _Letterboxed(train, cfg.image_size), _Letterboxed(val, cfg.image_size), num_classes
+
+
+def _check_num_classes(cfg: DataConfig, found: int, source: str) -> None:
+    if cfg.num_classes is not None and cfg.num_classes < found:
+        raise ValueError(f"data.num_classes={cfg.num_classes} but {source} {found} classes (labels 0..{found - 1})")
 
 
 def split_labelled(num_images: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from detloss._atomic import atomic_write
+
 
 class CsvLog:
     """Appends rows to a CSV. A row with new keys (e.g. validation metrics that only some epochs have)
@@ -35,10 +37,43 @@ class CsvLog:
         with open(self.path, newline="") as f:
             rows = list(csv.DictReader(f))
         self.fields = [*self.fields, *keys]
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        _rewrite(self.path, self.fields, rows)
+
+
+def drop_rows_after(path: Path, step: int) -> int:
+    """Keep the rows of the log ``path`` up to ``step`` (its ``step`` column) and drop the rest: what a run
+    logged after the checkpoint it resumes from, which the resumed run logs again. Rows are in step
+    order, so everything from the first row past ``step`` goes, and so does a torn row (a process killed
+    while appending leaves a partial last line). Returns the number of rows dropped; rewrites atomically.
+    """
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        fields = reader.fieldnames
+    if fields is None or "step" not in fields:
+        raise ValueError(f"{path}: a run log needs a 'step' column, got {fields}")
+    keep = 0
+    for row in rows:
+        if None in row.values() or None in row or not _at_most(row["step"], step):
+            break
+        keep += 1
+    if keep < len(rows):
+        _rewrite(path, fields, rows[:keep])
+    return len(rows) - keep
+
+
+def _at_most(cell: str, step: int) -> bool:
+    try:
+        return float(cell) <= step
+    except ValueError:  # a torn number
+        return False
+
+
+def _rewrite(path: Path, fields: list[str], rows: list[dict]) -> None:
+    with atomic_write(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
@@ -52,14 +87,16 @@ def read_csv(path: Path) -> list[dict[str, float]]:
 class TensorBoard:
     """Scalars to TensorBoard when it is installed (the ``tensorboard`` extra); silent otherwise."""
 
-    def __init__(self, log_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, log_dir: Path, enabled: bool = True, purge_step: int | None = None) -> None:
+        """``purge_step``: a resumed run's first step; TensorBoard hides the events a killed run logged from
+        it on, as :func:`drop_rows_after` does for the CSV logs."""
         self.writer = None
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 return
-            self.writer = SummaryWriter(str(log_dir))
+            self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is not None:

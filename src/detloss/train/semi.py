@@ -45,6 +45,7 @@ from detloss.semi.augment import strong_photometric
 from detloss.semi.filters import build_filters, teacher_pseudo_labels
 from detloss.semi.quality import pseudo_label_quality
 from detloss.semi.teacher import EMATeacher
+from detloss.train.checkpoint import load_part, read_resume
 from detloss.train.config import TrainConfig
 from detloss.train.data import load_sample
 from detloss.train.evaluation import evaluate
@@ -76,7 +77,7 @@ def detections_to_targets(dets: list[dict[str, Tensor]], image_hw: tuple[int, in
 class SemiTrainer(Trainer):
     """:class:`Trainer` with the teacher-student loop of :mod:`detloss.train.semi` (``config.semi``)."""
 
-    def __init__(self, config: TrainConfig, resume=None) -> None:
+    def __init__(self, config: TrainConfig, resume=None, allow_changes: tuple[str, ...] = ()) -> None:
         if config.semi is None:
             raise ValueError("SemiTrainer needs a `semi` section in the config")
         if config.model.kind != "dense":
@@ -84,7 +85,8 @@ class SemiTrainer(Trainer):
         if config.data.labelled_fraction >= 1:
             raise ValueError("semi-supervised training needs data.labelled_fraction < 1 (the rest is unlabelled)")
         self.semi = config.semi
-        super().__init__(config, resume=None)
+        state, changes = read_resume(resume, config, allow_changes)  # before the parent writes anything
+        super().__init__(config)
         if not self.unlabelled_set:
             raise ValueError("data.labelled_fraction leaves no unlabelled images")
         loss = config.loss.model_copy(update={"normalizers": config.loss.normalizers | self.semi.normalizers})
@@ -107,8 +109,8 @@ class SemiTrainer(Trainer):
             )
         self._step_stats: dict[str, float] = {}
         self._epoch_counts = {p + k: 0.0 for p in ("pseudo/", "pseudo/box_") for k in ("tp", "fp", "fn")}
-        if resume is not None:
-            self.load(resume)
+        if state is not None:
+            self.restore(state, resume, changes)
 
     # -- schedule -----------------------------------------------------------------------------
 
@@ -291,11 +293,10 @@ class SemiTrainer(Trainer):
         state["unsup"] = self.unsup.state_dict()
         return state
 
-    def load(self, path) -> None:
-        super().load(path)
-        state = torch.load(path, map_location=self.dist.device, weights_only=False)
+    def load_state(self, state: dict, path) -> None:
+        super().load_state(state, path)
         if state.get("teacher") is not None:
             self.teacher = EMATeacher(self.model, self.semi.teacher_decay, self.semi.teacher_ramp)
-            self.teacher.load_state_dict(state["teacher"])
-        self.filters.load_state_dict(state["filters"])
-        self.unsup.load_state_dict(state["unsup"])
+            load_part(path, state, "teacher", self.teacher)
+        load_part(path, state, "filters", self.filters)
+        load_part(path, state, "unsup", self.unsup)

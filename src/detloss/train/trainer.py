@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -16,13 +17,17 @@ from detloss.data.collate import collate
 from detloss.diagnose.balancers import Balancer, build_balancer
 from detloss.diagnose.doctor import Doctor
 from detloss.report import LossReport
+from detloss.train.checkpoint import load_part, read_resume, save_checkpoint
 from detloss.train.config import OptimConfig, TrainConfig, save_config
 from detloss.train.data import Subset, build_datasets, load_sample, split_labelled
 from detloss.train.distributed import DistContext, setup
 from detloss.train.ema import ModelEMA
 from detloss.train.evaluation import evaluate
-from detloss.train.logs import CsvLog, Progress, TensorBoard
+from detloss.train.logs import CsvLog, Progress, TensorBoard, drop_rows_after
 from detloss.train.tasks import StepOutputs, build_task
+
+#: The run folder's logs with a ``step`` column, cut back to a checkpoint's step when a run resumes from it.
+RUN_LOGS = ("steps.csv", "epochs.csv", "doctor.csv")
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -65,11 +70,23 @@ class Trainer:
     ``config.balance`` picks a term balancer (:mod:`detloss.diagnose.balancers`) that sets the criterion's
     weights before each forward (logged per step as ``<term>/weight``); ``config.doctor.every_steps`` runs
     gradient accounting on the head outputs every N steps on the main rank into ``doctor.csv``.
+
+    ``steps.csv`` and ``epochs.csv`` hold the global numbers (every rank's report reduced, one collective
+    per step), the same as one process on the whole batch would log. The run stops with
+    ``FloatingPointError`` at the first step whose loss is not finite, after logging it and before saving.
+
+    ``resume``: a checkpoint (``last.pt``, written atomically at each epoch's end) to continue from; its
+    config must equal ``config`` except in :data:`~detloss.train.checkpoint.RESUMABLE_FIELDS` and the
+    fields (or sections) of ``allow_changes``. The run folder's logs lose the rows past the checkpoint's
+    step, which the resumed run logs again.
     """
 
-    def __init__(self, config: TrainConfig, resume: str | Path | None = None) -> None:
+    def __init__(
+        self, config: TrainConfig, resume: str | Path | None = None, allow_changes: tuple[str, ...] = ()
+    ) -> None:
         self.cfg = config
         self.dist: DistContext = setup(config.device)
+        state, changes = read_resume(resume, config, allow_changes)  # before anything is written
         if config.threads:
             torch.set_num_threads(config.threads)
         if config.batch_size % self.dist.world_size:
@@ -117,8 +134,8 @@ class Trainer:
         if config.doctor is not None and config.doctor.every_steps and self.dist.is_main:
             self.doctor = Doctor.from_config(config.doctor, self.out / "doctor.csv")
         self.dist.barrier()
-        if resume is not None:
-            self.load(resume)
+        if state is not None:
+            self.restore(state, resume, changes)
 
     # -- data --------------------------------------------------------------------------------
 
@@ -221,7 +238,7 @@ class Trainer:
         main = self.dist.is_main
         steps_log = CsvLog(self.out / "steps.csv") if main else None
         epochs_log = CsvLog(self.out / "epochs.csv") if main else None
-        board = TensorBoard(self.out / "tensorboard", enabled=main)
+        board = TensorBoard(self.out / "tensorboard", enabled=main, purge_step=self.step + 1 if self.step else None)
         metrics: dict[str, float] = {}
         while self.step < self.total_steps:
             epoch, start = divmod(self.step, self.steps_per_epoch)
@@ -231,7 +248,7 @@ class Trainer:
             t0 = time.perf_counter()
             for i, (images, targets) in enumerate(self.batches(epoch, start), start=1):
                 report = self.train_step(images, targets)
-                flat = report.as_dict()
+                flat = report.as_dict(across_ranks=True)
                 for key, value in flat.items():
                     sums[key] = sums.get(key, 0.0) + value
                 if main:
@@ -240,6 +257,9 @@ class Trainer:
                     steps_log.write(row)
                     board.scalars({f"train/{k}": v for k, v in flat.items()}, self.step)
                     progress.update(i, " ".join(f"{n}={flat[n]:.3g}" for n in report))
+                if not math.isfinite(flat["total"]):  # global, so every rank stops here
+                    board.close()
+                    raise self._nonfinite(report, flat)
                 if start + i >= todo:
                     break
             seen = max(1, todo - start)
@@ -284,27 +304,54 @@ class Trainer:
         }
 
     def save(self, path: str | Path) -> None:
+        """Write the checkpoint atomically (main rank): a crash during the save keeps the previous one."""
         if self.dist.is_main:
-            torch.save(self.state_dict(), path)
+            save_checkpoint(self.state_dict(), path)
         self.dist.barrier()
 
-    def load(self, path: str | Path) -> None:
+    def load(self, path: str | Path, allow_changes: tuple[str, ...] = ()) -> None:
+        """:meth:`restore` the checkpoint at ``path`` (checked as the constructor's ``resume`` is)."""
+        state, changes = read_resume(path, self.cfg, allow_changes)
+        self.restore(state, path, changes)
+
+    def restore(self, state: dict, path: str | Path, changes: dict | None = None) -> None:
+        """:meth:`load_state` from a checkpoint read from ``path``, then drop the log rows past its step.
+        ``changes``: the allowed config changes, announced on stderr."""
+        self.load_state(state, path)
+        if self.dist.is_main:
+            for name in RUN_LOGS:
+                if (self.out / name).is_file():
+                    drop_rows_after(self.out / name, self.step)
+            for key, (before, after) in (changes or {}).items():
+                print(f"resuming {path} at step {self.step}: {key} {before!r} -> {after!r}", file=sys.stderr)
+        self.dist.barrier()
+
+    def load_state(self, state: dict, path: str | Path) -> None:
         """Restore everything a step depends on, so resuming continues the run exactly."""
-        state = torch.load(path, map_location=self.dist.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.criterion.load_state_dict(state["criterion"])
+        load_part(path, state, "model", self.model)
+        load_part(path, state, "optimizer", self.optimizer)
+        load_part(path, state, "criterion", self.criterion)
         if state.get("balancer") is not None:  # checkpoints from before balancers have none
-            self.balancer.load_state_dict(state["balancer"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
+            load_part(path, state, "balancer", self.balancer)
+        if self.ema is not None and state.get("ema") is not None:
+            load_part(path, state, "ema", self.ema)
         self.step = state["step"]
 
+    def _nonfinite(self, report: LossReport, flat: dict[str, float]) -> FloatingPointError:
+        bad = [name for name in report if not math.isfinite(flat[name])]
+        return FloatingPointError(
+            f"step {self.step}: the loss is not finite (terms {bad}); the run stops before saving, so "
+            f"{self.out / 'last.pt'}, if any, keeps the last finite state. Lower optim.lr ({self.cfg.optim.lr:g}) "
+            "or look for the cause with `detloss doctor` (DETLOSS_DEBUG_NAN=1 names the operation)"
+        )
 
-def build_trainer(config: TrainConfig, resume: str | Path | None = None) -> Trainer:
+
+def build_trainer(
+    config: TrainConfig, resume: str | Path | None = None, allow_changes: tuple[str, ...] = ()
+) -> Trainer:
     """:class:`Trainer`, or :class:`~detloss.train.semi.SemiTrainer` when ``config.semi`` is set."""
     if config.semi is not None:
         from detloss.train.semi import SemiTrainer
 
-        return SemiTrainer(config, resume=resume)
-    return Trainer(config, resume=resume)
+        return SemiTrainer(config, resume=resume, allow_changes=allow_changes)
+    return Trainer(config, resume=resume, allow_changes=allow_changes)
