@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detloss._checks import check_tensor
+from detloss.criteria.target_checks import check_grid_targets
 from detloss.criteria.terms import TermCriterion
 from detloss.functional.classification import bce_with_logits, softmax_cross_entropy
 from detloss.functional.regression import l1, mse, smooth_l1
@@ -144,6 +145,7 @@ class MultigridCriterion(TermCriterion):
         for key in ("object_mask", "ignore_mask", "labels"):
             check_tensor(f"targets[{key!r}]", targets[key], (b, h, w))
         device = obj.device
+        check_grid_targets(targets, self.num_classes, device)
         fg = targets["object_mask"].to(device, torch.bool)
         active = fg | ~targets["ignore_mask"].to(device, torch.bool)
         num_pos, num_active = fg.sum(), active.sum()

@@ -16,6 +16,7 @@ from detloss._checks import check_tensor
 from detloss.assign.box_coder import decode_deltas, encode_deltas
 from detloss.assign.max_iou import MaxIoUAssigner
 from detloss.assign.sampler import RandomSampler, hashed_keys, image_keys
+from detloss.criteria.target_checks import check_gt_boxes
 from detloss.criteria.terms import TermCriterion
 from detloss.functional.classification import bce_with_logits
 from detloss.functional.iou import iou_loss
@@ -202,6 +203,7 @@ class RPNCriterion(TermCriterion):
         if isinstance(gt_boxes, Tensor):
             raise ValueError("gt_boxes must be a list with one (n_i, 4) tensor per image")
         b, a, device = len(gt_boxes), anchors.shape[0], anchors.device
+        check_gt_boxes(gt_boxes, device)
         gt = [g.to(device) for g in gt_boxes]
         assigned = self.assigner(anchors, gt)
         keys = hashed_keys(
