@@ -11,6 +11,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from detloss import DenseCriterion
+from detloss.assign.task_aligned import TaskAlignedAssigner
 from detloss.criteria.multigrid import MultigridCriterion
 from detloss.criteria.roi import ROICriterion
 from detloss.criteria.rpn import RPNCriterion
@@ -103,9 +104,11 @@ def test_dense_reports_the_first_of_several_bad_entries_and_their_count():
 
 def _poly_targets() -> dict:
     square = torch.tensor([[0.5, 0.4], [0.6, 0.5], [0.5, 0.6], [0.4, 0.5]])
+    angle = torch.arange(K) * (2 * math.pi / K)
     polygons = torch.zeros(3, K, 2)
-    polygons[:, :4] = square
-    return {**DENSE, "polygons": polygons, "polygon_counts": torch.tensor([4, 4, 4])}
+    polygons[:2, :4] = square
+    polygons[2] = 0.5 + 0.1 * torch.stack((angle.cos(), angle.sin()), -1)  # every vertex valid: count K
+    return {**DENSE, "polygons": polygons, "polygon_counts": torch.tensor([4, 4, K])}
 
 
 def test_valid_polygon_targets_pass():
@@ -133,7 +136,7 @@ def test_dense_polygon_valid_must_be_a_bool_mask():
 
 def test_dense_non_finite_valid_vertex_raises_but_padding_is_free():
     t = _poly_targets()
-    t["polygons"][:, 4:] = NAN  # padding past each count is never read
+    t["polygons"][:2, 4:] = NAN  # padding past the counts of rows 0 and 1 is never read
     _dense(t, num_vertices=K)
     t["polygons"][0, 3, 1] = INF
     with pytest.raises(ValueError, match=r"targets\['polygons'\]\[0, 3\] is \[0\.4, inf\]; expected finite"):
@@ -331,3 +334,16 @@ def test_rpn_roi_and_multigrid_checks_read_the_device_once():
     with _HostReads() as reads:  # the whole forward: the criterion reads nothing else
         MultigridCriterion(2)(*_grid_targets(torch.zeros(1, 2, 2, dtype=torch.long)))
     assert reads.count == 1
+
+
+def test_task_aligned_assigner_checks_labels_of_real_slots_in_its_one_read():
+    assigner = TaskAlignedAssigner(2)
+    scores, boxes = torch.full((1, 4, 2), 0.5), torch.tensor([[[0.0, 0, 8, 8]] * 4])
+    points = torch.tensor([[4.0, 4], [12, 4], [4, 12], [12, 12]])
+    gt_boxes = torch.tensor([[[0.0, 0, 8, 8], [0, 0, 0, 0]]])
+    mask = torch.tensor([[True, False]])
+    with _HostReads() as reads:  # label 7 sits in a padding slot: never read
+        result = assigner(scores, boxes, points, torch.tensor([[1, 7]]), gt_boxes, mask)
+    assert reads.count == 1 and result.fg_mask[0].tolist() == [True, False, False, False]
+    with pytest.raises(ValueError, match=r"gt_labels must lie in \[0, 2\)"):
+        assigner(scores, boxes, points, torch.tensor([[2, 0]]), gt_boxes, mask)
