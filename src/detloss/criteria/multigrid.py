@@ -123,7 +123,8 @@ class MultigridCriterion(TermCriterion):
         Args:
             pred: ``loc (B, H, W, 4)``, ``obj (B, H, W)`` logits, ``cls (B, H, W, C)`` logits.
             targets: ``loc (B, H, W, 4)``, ``object_mask (B, H, W)`` bool, ``ignore_mask (B, H, W)`` bool,
-                ``labels (B, H, W)`` int in ``[0, C)`` (read on object cells only).
+                ``labels (B, H, W)`` int in ``[0, C)`` (read and checked on object cells only); masks
+                that are not 0/1 and labels out of range raise ``ValueError`` naming the cell.
         """
         for key in TERMS:
             if key not in pred:

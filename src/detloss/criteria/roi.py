@@ -286,7 +286,9 @@ class ROICriterion(TermCriterion):
             roi_image: ``(R,)`` int image of each ROI, in ``[0, len(targets))``.
             targets: per image ``{"boxes": (n, 4) xyxy px, "labels": (n,) int in [0, C)}`` plus, for
                 the mask term, ``"polygons": (n, K, 2)`` px with optional ``"polygon_counts": (n,)``,
-                or ``"masks": (n, H, W)`` bool (images without GT may leave both out).
+                or ``"masks": (n, H, W)`` bool (images without GT may leave both out). A value out of
+                range (non-finite or inverted box, label outside ``[0, C)``, ``roi_image`` outside
+                ``[0, B)``, ``polygon_counts`` outside ``[0, K]``) raises ``ValueError`` naming it.
             image_ids: optional ``(B,)`` global image ids for sampling.
         """
         c, s = self.num_classes, self.mask_size

@@ -156,7 +156,8 @@ class RPNCriterion(TermCriterion):
             objectness: ``(B, A)`` logits (all levels concatenated).
             box_deltas: ``(B, A, 4)`` predicted ``(dx, dy, dw, dh)``.
             anchors: ``(A, 4)`` pixel ``xyxy``, the same for every image.
-            gt_boxes: per image ``(n_i, 4)`` pixel ``xyxy`` (``n_i`` may be 0).
+            gt_boxes: per image ``(n_i, 4)`` pixel ``xyxy`` (``n_i`` may be 0); finite with ``x1 <= x2`` and
+                ``y1 <= y2``, else ``ValueError`` naming ``gt_boxes[i][j]``.
             image_ids: optional ``(B,)`` global image ids for sampling (class docstring).
         """
         check_tensor("objectness", objectness, ("B", "A"), floating=True)
