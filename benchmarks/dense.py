@@ -20,6 +20,9 @@ resident set just before it, with the inputs already allocated (gradients of the
 (Without a resettable high-water mark, the ``ru_maxrss`` growth over the first call is reported instead.)
 Time = median of ``--repeats`` forward+backward calls after one warm-up, at torch's default thread count; on
 a shared machine each timed call first waits (up to ``--wait-idle`` seconds) for the CPUs to be idle.
+``checks ms`` (``DenseCriterion`` rows): the part of each timed call spent in the value checks of the targets
+(:class:`~detloss.criteria.target_checks.ValueChecks`: building the masks of bad entries and the one read of
+all flags, which also fetches the padded size ``pad_targets`` needs anyway), median over the same calls.
 Targets (2 cores): case a ``DenseCriterion`` under 140 ms and at least 2x faster than naive; case b peak
 extra memory under 150 MB.
 """
@@ -114,6 +117,27 @@ def _wait_idle(max_seconds: float) -> bool:
     return max_seconds <= 0
 
 
+class _CheckTimer:
+    """Accumulates the wall time spent inside :class:`ValueChecks` methods (wraps them in this process)."""
+
+    def __init__(self) -> None:
+        from detloss.criteria.target_checks import ValueChecks
+
+        self.seconds = 0.0
+        for name in ("integers", "bool_mask", "boxes", "finite_points", "verify"):
+            setattr(ValueChecks, name, self._wrap(getattr(ValueChecks, name)))
+
+    def _wrap(self, method):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        return timed
+
+
 def worker(case: str, row: str, what: str, repeats: int, wait_idle: float = 0.0) -> dict:
     """Measure ``what`` (``"memory"`` or ``"time"``) of one row in this (fresh) process."""
     from detloss.criteria.dense import DenseCriterion
@@ -162,15 +186,21 @@ def worker(case: str, row: str, what: str, repeats: int, wait_idle: float = 0.0)
             "terms": {k: float(v.detach()) for k, v in terms.items()},
             "fg": fg,
         }
+    checks = _CheckTimer() if row in ("default", "ultralytics") else None
     step()  # warm-up
-    times, busy = [], 0
+    times, check_times, busy = [], [], 0
     for _ in range(repeats):
         clear()
         busy += not _wait_idle(wait_idle)
+        if checks is not None:
+            checks.seconds = 0.0
         t0 = time.perf_counter()
         step()
         times.append((time.perf_counter() - t0) * 1e3)
-    return {"ms": statistics.median(times), "threads": torch.get_num_threads(), "busy": busy}
+        if checks is not None:
+            check_times.append(checks.seconds * 1e3)
+    checks_ms = statistics.median(check_times) if check_times else None
+    return {"ms": statistics.median(times), "checks_ms": checks_ms, "threads": torch.get_num_threads(), "busy": busy}
 
 
 def run_row(case: str, row: str, repeats: int, wait_idle: float) -> dict:
@@ -220,7 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     busy = sum(r["busy"] for r in results.values())
     if busy:
         print(f"warning: {busy} timed calls started while other processes kept the CPUs busy (see --wait-idle)")
-    header = f"{'case':<24} {'implementation':<38} {'fwd+bwd ms':>10} {'ratio vs naive':>14} {'peak extra MB':>13}"
+    header = (
+        f"{'case':<24} {'implementation':<38} {'fwd+bwd ms':>10} {'ratio vs naive':>14} {'peak extra MB':>13} "
+        f"{'checks ms':>9}"
+    )
     print(header)
     print("-" * len(header))
     for c in cases:
@@ -229,7 +262,11 @@ def main(argv: list[str] | None = None) -> None:
         naive = results[(c, "naive")]["ms"]
         for r in ROWS:
             res = results[(c, r)]
-            print(f"{label:<24} {LABELS[r]:<38} {res['ms']:>10.1f} {res['ms'] / naive:>14.2f} {res['mb']:>13.1f}")
+            checks = "-" if res["checks_ms"] is None else f"{res['checks_ms']:.2f}"
+            print(
+                f"{label:<24} {LABELS[r]:<38} {res['ms']:>10.1f} {res['ms'] / naive:>14.2f} {res['mb']:>13.1f} "
+                f"{checks:>9}"
+            )
     for c in cases:  # the naive loss and the preset compute the same numbers
         a, b = results[(c, "naive")], results[(c, "ultralytics")]
         rel = max(abs(a["terms"][k] / b["terms"][k] - 1) for k in a["terms"])

@@ -326,10 +326,11 @@ class TaskAlignedAssigner:
         gboxes = gt_boxes.detach().to(dtype)
         labels = gt_labels.detach().long()
 
-        if B == 0 or A == 0 or M == 0 or not bool(gt_mask.any()):
+        bad_labels = gt_mask & ((labels < 0) | (labels >= C))
+        any_gt, any_bad = torch.stack((gt_mask.any(), bad_labels.any())).tolist()  # one host sync for both
+        if B == 0 or A == 0 or M == 0 or not any_gt:
             return self._background(B, A, scores)
-        real_labels = labels[gt_mask]
-        if bool((real_labels < 0).any()) or bool((real_labels >= C).any()):
+        if any_bad:
             raise ValueError(f"gt_labels must lie in [0, {C}) on real GT slots (gt_mask True)")
 
         if path == "auto":

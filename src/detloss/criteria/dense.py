@@ -11,7 +11,7 @@ from torch import Tensor
 
 from detloss.assign.anchors import bbox2dist, dist2bbox, make_anchors
 from detloss.assign.task_aligned import TaskAlignedAssigner, ultralytics_min_candidate_size
-from detloss.criteria.head_outputs import HeadOutputs
+from detloss.criteria.head_outputs import HeadOutputs, check_level_sizes
 from detloss.criteria.targets import pad_targets
 from detloss.criteria.terms import TermCriterion
 from detloss.functional import classification as cls_losses
@@ -124,10 +124,11 @@ class DenseCriterion(TermCriterion):
         image_size: ``(h, w)`` in pixels; default: first level's size times its stride.
 
     Shapes:
-        ``feats``: list of ``(B, 4 * reg_max + C [+ 2K], H_l, W_l)``.
+        ``feats``: list of ``(B, 4 * reg_max + C [+ 2K], H_l, W_l)``, ``H_l`` and ``W_l`` the image size
+        divided by ``strides[l]``, rounded down or up.
         ``targets``: ``batch_idx (N,)``, ``cls (N,)``, ``bboxes (N, 4)`` normalized ``cx, cy, w, h``;
         with polygons also ``polygons (N, K, 2)`` normalized and ``polygon_valid (N, K)`` or
-        ``polygon_counts (N,)``.
+        ``polygon_counts (N,)``. Bad values raise ``ValueError`` (:func:`~detloss.criteria.targets.pad_targets`).
 
     Example:
         >>> crit = DenseCriterion(num_classes=3, strides=(8, 16), reg_max=4)
@@ -281,7 +282,8 @@ class DenseCriterion(TermCriterion):
         points, strides = make_anchors(head.sizes, self.strides, device=device)
         grid = points / strides[:, None]  # anchor points in grid units (ultralytics' anchor_points)
         hw = self.image_size or (head.sizes[0][0] * self.strides[0], head.sizes[0][1] * self.strides[0])
-        gt = pad_targets(targets, b, hw, device)
+        check_level_sizes(head.sizes, self.strides, hw)
+        gt = pad_targets(targets, b, hw, device, num_classes=self.num_classes)
         if self.num_vertices and (gt.polygons is None or gt.polygons.shape[2] != self.num_vertices):
             raise ValueError(
                 f"this criterion predicts {self.num_vertices} vertices: targets must contain "

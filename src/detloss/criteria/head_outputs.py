@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import ceil, floor
 
 import torch
 from torch import Tensor
@@ -64,3 +65,18 @@ class HeadOutputs:
             where.append(torch.nonzero(mask).flatten())
         order = torch.cat(where).argsort()
         return torch.cat(rows)[order]
+
+
+def check_level_sizes(sizes: Sequence[tuple[int, int]], strides: Sequence[float], image_hw: Sequence[float]) -> None:
+    """Raise ``ValueError`` unless level ``l`` has ``image size / strides[l]`` cells per side, rounded down
+    or up (stride-2 convs with padding round up, without padding down); a mismatch would place every
+    anchor of that level at the wrong pixels."""
+    h, w = image_hw
+    for level, ((rows, cols), stride) in enumerate(zip(sizes, strides, strict=True)):
+        fits = [floor(side / stride) <= n <= ceil(side / stride) for n, side in ((rows, h), (cols, w))]
+        if not all(fits):
+            raise ValueError(
+                f"feats[{level}] has {rows}x{cols} cells, but strides[{level}] = {stride:g} on a {h:g}x{w:g} image "
+                f"gives {ceil(h / stride)}x{ceil(w / stride)} (image size / stride, rounded either way); "
+                "check the order of strides, or image_size"
+            )

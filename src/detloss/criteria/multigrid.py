@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detloss._checks import check_tensor
+from detloss.criteria.target_checks import check_grid_targets
 from detloss.criteria.terms import TermCriterion
 from detloss.functional.classification import bce_with_logits, softmax_cross_entropy
 from detloss.functional.regression import l1, mse, smooth_l1
@@ -122,7 +123,8 @@ class MultigridCriterion(TermCriterion):
         Args:
             pred: ``loc (B, H, W, 4)``, ``obj (B, H, W)`` logits, ``cls (B, H, W, C)`` logits.
             targets: ``loc (B, H, W, 4)``, ``object_mask (B, H, W)`` bool, ``ignore_mask (B, H, W)`` bool,
-                ``labels (B, H, W)`` int in ``[0, C)`` (read on object cells only).
+                ``labels (B, H, W)`` int in ``[0, C)`` (read and checked on object cells only); masks
+                that are not 0/1 and labels out of range raise ``ValueError`` naming the cell.
         """
         for key in TERMS:
             if key not in pred:
@@ -144,6 +146,7 @@ class MultigridCriterion(TermCriterion):
         for key in ("object_mask", "ignore_mask", "labels"):
             check_tensor(f"targets[{key!r}]", targets[key], (b, h, w))
         device = obj.device
+        check_grid_targets(targets, self.num_classes, device)
         fg = targets["object_mask"].to(device, torch.bool)
         active = fg | ~targets["ignore_mask"].to(device, torch.bool)
         num_pos, num_active = fg.sum(), active.sum()

@@ -29,6 +29,7 @@ from detloss._checks import check_tensor
 from detloss.assign.box_coder import encode_deltas
 from detloss.assign.max_iou import MaxIoUAssigner
 from detloss.assign.sampler import RandomSampler, hashed_keys, image_keys, rank_in_bucket
+from detloss.criteria.target_checks import check_roi_targets
 from detloss.criteria.terms import TermCriterion
 from detloss.functional.classification import bce_with_logits, softmax_cross_entropy
 from detloss.functional.regression import smooth_l1
@@ -286,7 +287,9 @@ class ROICriterion(TermCriterion):
             roi_image: ``(R,)`` int image of each ROI, in ``[0, len(targets))``.
             targets: per image ``{"boxes": (n, 4) xyxy px, "labels": (n,) int in [0, C)}`` plus, for
                 the mask term, ``"polygons": (n, K, 2)`` px with optional ``"polygon_counts": (n,)``,
-                or ``"masks": (n, H, W)`` bool (images without GT may leave both out).
+                or ``"masks": (n, H, W)`` bool (images without GT may leave both out). A value out of
+                range (non-finite or inverted box, label outside ``[0, C)``, ``roi_image`` outside
+                ``[0, B)``, ``polygon_counts`` outside ``[0, K]``) raises ``ValueError`` naming it.
             image_ids: optional ``(B,)`` global image ids for sampling.
         """
         c, s = self.num_classes, self.mask_size
@@ -369,7 +372,9 @@ class ROICriterion(TermCriterion):
             boxes.append(tgt["boxes"].to(device).float())
             labels.append(tgt["labels"].to(device).long())
         b = len(targets)
-        roi_image = roi_image.to(device).long()
+        roi_image = roi_image.to(device)
+        check_roi_targets(roi_image, targets, self.num_classes, with_mask=self.with_mask)
+        roi_image = roi_image.long()
         assigned = self.assigner(rois, boxes, labels, box_image=roi_image)
         position = rank_in_bucket(roi_image, torch.arange(r, device=device), max(b, 1))
         keys = hashed_keys(self.seed, image_keys(boxes, image_ids, device), position, roi_image, epoch=self.epoch)

@@ -16,6 +16,7 @@ from detloss._checks import check_tensor
 from detloss.assign.box_coder import decode_deltas, encode_deltas
 from detloss.assign.max_iou import MaxIoUAssigner
 from detloss.assign.sampler import RandomSampler, hashed_keys, image_keys
+from detloss.criteria.target_checks import check_gt_boxes
 from detloss.criteria.terms import TermCriterion
 from detloss.functional.classification import bce_with_logits
 from detloss.functional.iou import iou_loss
@@ -157,7 +158,8 @@ class RPNCriterion(TermCriterion):
             objectness: ``(B, A)`` logits (all levels concatenated).
             box_deltas: ``(B, A, 4)`` predicted ``(dx, dy, dw, dh)``.
             anchors: ``(A, 4)`` pixel ``xyxy``, the same for every image.
-            gt_boxes: per image ``(n_i, 4)`` pixel ``xyxy`` (``n_i`` may be 0).
+            gt_boxes: per image ``(n_i, 4)`` pixel ``xyxy`` (``n_i`` may be 0); finite with ``x1 <= x2`` and
+                ``y1 <= y2``, else ``ValueError`` naming ``gt_boxes[i][j]``.
             image_ids: optional ``(B,)`` global image ids for sampling (class docstring).
         """
         check_tensor("objectness", objectness, ("B", "A"), floating=True)
@@ -204,6 +206,7 @@ class RPNCriterion(TermCriterion):
         if isinstance(gt_boxes, Tensor):
             raise ValueError("gt_boxes must be a list with one (n_i, 4) tensor per image")
         b, a, device = len(gt_boxes), anchors.shape[0], anchors.device
+        check_gt_boxes(gt_boxes, device)
         gt = [g.to(device) for g in gt_boxes]
         assigned = self.assigner(anchors, gt)
         keys = hashed_keys(

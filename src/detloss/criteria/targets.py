@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from detloss._checks import check_tensor
+from detloss.criteria.target_checks import ValueChecks
 
 
 @dataclass(frozen=True)
@@ -30,20 +31,26 @@ class PaddedTargets:
     polygon_valid: Tensor | None = None
 
 
-def _vertex_mask(targets: Mapping[str, Tensor], n: int, k: int, device: torch.device) -> Tensor:
+def _vertex_mask(targets: Mapping[str, Tensor], n: int, k: int, device: torch.device, checks: ValueChecks) -> Tensor:
     if "polygon_valid" in targets:
         valid = targets["polygon_valid"]
         check_tensor("targets['polygon_valid']", valid, (n, k))
+        checks.bool_mask("targets['polygon_valid']", valid.to(device))
         return valid.to(device=device, dtype=torch.bool)
     if "polygon_counts" in targets:
-        counts = targets["polygon_counts"]
-        check_tensor("targets['polygon_counts']", counts, (n,))
-        return torch.arange(k, device=device) < counts.to(device).view(-1, 1)
+        check_tensor("targets['polygon_counts']", targets["polygon_counts"], (n,))
+        counts = targets["polygon_counts"].to(device)
+        checks.integers("targets['polygon_counts']", counts, 0, k, closed=True)
+        return torch.arange(k, device=device) < counts.view(-1, 1)
     return torch.ones(n, k, dtype=torch.bool, device=device)
 
 
 def pad_targets(
-    targets: Mapping[str, Tensor], batch_size: int, image_hw: tuple[float, float], device: torch.device
+    targets: Mapping[str, Tensor],
+    batch_size: int,
+    image_hw: tuple[float, float],
+    device: torch.device,
+    num_classes: int | None = None,
 ) -> PaddedTargets:
     """Scatter flat YOLO targets into padded per-image tensors in pixels.
 
@@ -54,6 +61,14 @@ def pad_targets(
         batch_size: ``B``; ``batch_idx`` must lie in ``[0, B)``.
         image_hw: image ``(height, width)`` in pixels.
         device: where the outputs live.
+        num_classes: ``C``, if known: ``cls`` must lie in ``[0, C)``.
+
+    Raises:
+        ValueError: naming the key, the first bad row and the expected range, for a ``batch_idx`` or
+            ``cls`` that is not an integer in range (float values are accepted if integral), a box
+            that is not finite or has ``w < 0`` or ``h < 0``, a ``polygon_counts`` outside ``[0, K]``,
+            a ``polygon_valid`` that is not 0/1, or a non-finite valid polygon vertex. Every check
+            and the padded size are read from the device together, in one sync.
     """
     for key in ("batch_idx", "cls", "bboxes"):
         if key not in targets:
@@ -62,21 +77,37 @@ def pad_targets(
     n = targets["bboxes"].shape[0]
     check_tensor("targets['batch_idx']", targets["batch_idx"].reshape(-1), (n,))
     check_tensor("targets['cls']", targets["cls"].reshape(-1), (n,))
-    idx = targets["batch_idx"].reshape(-1).to(device=device, dtype=torch.long)
-    cls = targets["cls"].reshape(-1).to(device=device, dtype=torch.long)
+    raw_idx = targets["batch_idx"].reshape(-1).to(device)
+    raw_cls = targets["cls"].reshape(-1).to(device)
+    raw_boxes = targets["bboxes"].to(device)
+    checks = ValueChecks()
+    bad_idx = checks.integers("targets['batch_idx']", raw_idx, 0, batch_size)
+    checks.integers("targets['cls']", raw_cls, 0, num_classes)
+    checks.boxes("targets['bboxes']", raw_boxes, "cxcywh")
+    k = 0
+    if "polygons" in targets:
+        check_tensor("targets['polygons']", targets["polygons"], (n, "K", 2), floating=True)
+        k = targets["polygons"].shape[1]
+        raw_polygons = targets["polygons"].to(device)
+        vertex_valid = _vertex_mask(targets, n, k, device, checks)
+        checks.finite_points("targets['polygons']", raw_polygons, where=vertex_valid)
+
+    # Rows with a bad index are counted in an extra bucket, so the counts exist before the one read
+    # that both checks every row and fetches the padded size.
+    idx = torch.where(bad_idx, batch_size, raw_idx.long())
+    buckets = torch.zeros(batch_size + 1, dtype=torch.long, device=device)
+    per_image = buckets.index_add_(0, idx, torch.ones_like(idx))[:batch_size]
+    (m,) = checks.verify(per_image.max() if batch_size else per_image.new_zeros(()))
+
+    cls = raw_cls.long()
     h, w = image_hw
     scale = torch.tensor([w, h, w, h], device=device, dtype=torch.float32)
-    cxcywh = targets["bboxes"].to(device=device, dtype=torch.float32) * scale
+    cxcywh = raw_boxes.float() * scale
     xyxy = torch.cat((cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2), 1)
-
-    per_image = torch.bincount(idx, minlength=batch_size) if n else torch.zeros(batch_size, dtype=torch.long)
-    if per_image.numel() > batch_size:
-        raise ValueError(f"targets['batch_idx'] must lie in [0, {batch_size}) for a batch of {batch_size} images")
-    m = int(per_image.max()) if n else 0  # one host sync: the padded size must be known
     order = torch.argsort(idx, stable=True)
     starts = torch.cumsum(per_image, 0) - per_image
     slot = torch.empty_like(idx)
-    slot[order] = torch.arange(n, device=device) - starts.to(device)[idx[order]]
+    slot[order] = torch.arange(n, device=device) - starts[idx[order]]
 
     labels = torch.zeros(batch_size, m, dtype=torch.long, device=device)
     boxes = torch.zeros(batch_size, m, 4, device=device)
@@ -87,10 +118,8 @@ def pad_targets(
 
     polygons = polygon_valid = None
     if "polygons" in targets:
-        check_tensor("targets['polygons']", targets["polygons"], (n, "K", 2), floating=True)
-        k = targets["polygons"].shape[1]
         polygons = torch.zeros(batch_size, m, k, 2, device=device)
         polygon_valid = torch.zeros(batch_size, m, k, dtype=torch.bool, device=device)
-        polygons[idx, slot] = targets["polygons"].to(device=device, dtype=torch.float32) * scale[:2]
-        polygon_valid[idx, slot] = _vertex_mask(targets, n, k, device)
+        polygons[idx, slot] = raw_polygons.float() * scale[:2]
+        polygon_valid[idx, slot] = vertex_valid
     return PaddedTargets(labels, boxes, mask, polygons, polygon_valid)
