@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from detloss.debug import debug_nan_enabled, watch
+from detloss.normalize import world_size
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class LossReport(Mapping[str, Term]):
         averaged.append(True)
         device = values[0].device
         stacked = torch.stack([v.float().to(device) for v in values])
-        world = dist.get_world_size() if across_ranks and dist.is_available() and dist.is_initialized() else 1
+        world = world_size() if across_ranks else 1
         if world > 1:
             dist.all_reduce(stacked)
             divisor = torch.tensor([world if a else 1 for a in averaged], dtype=stacked.dtype, device=device)
