@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from shapely.geometry import MultiPoint
 
 from detloss.geometry import (
     next_valid_index,
@@ -108,12 +109,36 @@ def test_iou_hand_cases(a: list, b: list, expected: float) -> None:
     )
 
 
-def test_iou_of_degenerate_polygons_is_zero() -> None:
-    point = _t([[1.0, 1.0]] * 4)
+def test_iou_of_degenerate_polygons_is_zero_unless_the_same_point_set() -> None:
+    point, other_point = _t([[1.0, 1.0]] * 4), _t([[1.0, 2.0]] * 4)
     segment = _t([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [0.0, 0.0]])
-    assert polygon_iou(point, point).item() == 0.0
-    assert polygon_iou(segment, _t(UNIT)).item() == 0.0
-    assert polygon_giou(point, point).item() == 0.0
+    same_segment = _t([[2.0, 2.0], [1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])  # other order, a repeat
+    cross = _t([[0.0, 2.0], [2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])  # crosses segment at (1, 1)
+    for a, b, iou, giou in [
+        (point, point, 1.0, 1.0),  # a set with itself: IoU 1; its hull is flat, GIoU = IoU
+        (segment, same_segment, 1.0, 1.0),
+        (point, other_point, 0.0, 0.0),  # flat hull: GIoU = IoU
+        (segment, _t(UNIT), 0.0, -0.5),  # hull (0,0) (1,0) (2,2) (0,1): area 2, union 1
+        (segment, cross, 0.0, -1.0),  # union 0, hull the square [0, 2]^2: GIoU = 0 - (4 - 0) / 4
+    ]:
+        for x, y in ((a, b), (b, a)):
+            assert polygon_iou(x, y).item() == iou
+            assert polygon_giou(x, y).item() == pytest.approx(giou, abs=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_small_polygon_against_a_degenerate_one(dtype: torch.dtype) -> None:
+    """A 7-gon of radius 1e-3 (a pentagon with two repeated vertices) against a 7-point polygon at the
+    origin gave IoU 3.4e13 (float64) and 8.3e4 (float32): clipping by zero-length edges kept all of it."""
+    angle = torch.arange(7, dtype=torch.float64) * (2 * math.pi / 5)
+    a = (1e-3 * torch.stack([angle.cos(), angle.sin()], -1) + torch.tensor([1.0, 0.0], dtype=torch.float64))[None]
+    a, zero = a.to(dtype), torch.zeros(1, 7, 2, dtype=dtype)
+    assert polygon_iou(a, zero).item() == 0.0
+    assert polygon_iou(zero, a).item() == 0.0
+    # GIoU = -(C - U) / C with U the pentagon (5/2 r^2 sin 72 deg) and C its hull with the origin
+    pent = 2.5e-6 * math.sin(math.radians(72))
+    hull = MultiPoint(a[0].double().tolist() + [(0.0, 0.0)]).convex_hull.area
+    assert polygon_giou(a, zero).item() == pytest.approx(-(hull - pent) / hull, rel=1e-5)
 
 
 def test_iou_and_giou_against_shapely() -> None:
