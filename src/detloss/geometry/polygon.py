@@ -413,27 +413,34 @@ def polygon_iou(
 # --------------------------------------------------------------------------------------------------
 # convex hull (gift wrapping, batched)
 # --------------------------------------------------------------------------------------------------
-def _hull_area(pts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _hull_area(pts: torch.Tensor, mask: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
     """Area ``(N,)`` of the convex hull of the valid points ``(N, M, 2)`` (gift wrapping, ``M`` steps).
 
     Starts at the leftmost (then lowest) point heading down and repeatedly takes the point with the
     smallest counter-clockwise turn (ties within rounding: the farthest), so the hull is traversed
-    counter-clockwise (y-up) and its shoelace area is non-negative. The choice of vertices is made on
-    detached values; the area is a shoelace over the chosen vertices, so its gradient is exact.
+    counter-clockwise (y-up) and its shoelace area is non-negative. Points within rounding of the current
+    one (``64 * eps * side``, ``side`` ``(N,)`` the larger side of the points' bounding box) are not
+    candidates: their direction is noise. The walk ends when it reaches a point within rounding of one
+    it has visited (normally the start; another one if rounding made it step past the start), closing
+    back to the start. The choice of vertices is made on detached values; the area is a shoelace over
+    the chosen vertices, so its gradient is exact. Expects local coordinates (:func:`to_local`).
     """
     n, m, _ = pts.shape
     tol = 16 * torch.finfo(pts.dtype).eps
     with torch.no_grad():
         p = pts.detach()
+        near2 = (rounding_tolerance(p.dtype) * side[:, None]) ** 2
         x, y = p[..., 0], p[..., 1]
         inf = x.new_tensor(math.inf)
+        rows = torch.arange(n, device=p.device)
         x_min = torch.where(mask, x, inf).amin(1, keepdim=True)
         start = torch.where(mask & (x == x_min), y, inf).argmin(1)
-        start_pt = p[torch.arange(n, device=p.device), start]
+        start_pt = p[rows, start]
         cur, cur_pt = start, start_pt
         heading = torch.zeros_like(start_pt)
         heading[:, 1] = -1.0
         done = ~mask.any(1)
+        visited = torch.zeros_like(mask).scatter_(1, start[:, None], True)
         order = [start]
         for _ in range(m):
             v = p - cur_pt[:, None]
@@ -444,15 +451,16 @@ def _hull_area(pts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             # except near -pi (a point straight behind), which is +pi
             turn = torch.where(turn < -math.pi / 2, turn + 2 * math.pi, turn.clamp(min=0.0))
             dist2 = (v * v).sum(-1)
-            turn = torch.where(mask & (dist2 > 0), turn, inf)
+            turn = torch.where(mask & (dist2 > near2), turn, inf)
             best = turn.amin(1, keepdim=True)
             tie = turn <= best + tol
             nxt = torch.where(tie, dist2, -1.0).argmax(1)
-            nxt_pt = p[torch.arange(n, device=p.device), nxt]
-            back = torch.isinf(best[:, 0]) | (nxt_pt == start_pt).all(-1)
-            done = done | back
+            nxt_pt = p[rows, nxt]
+            seen = visited & (((p - nxt_pt[:, None]) ** 2).sum(-1) <= near2)
+            done = done | torch.isinf(best[:, 0]) | seen.any(1)
             nxt = torch.where(done, start, nxt)
             nxt_pt = torch.where(done[:, None], start_pt, nxt_pt)
+            visited.scatter_(1, nxt[:, None], True)
             step = nxt_pt - cur_pt
             heading = torch.where((step != 0).any(-1, keepdim=True), step, heading)
             cur, cur_pt = nxt, nxt_pt
@@ -485,7 +493,7 @@ def polygon_giou(
     """
     pair = _local_pair(*_pair(a, b, a_valid, b_valid))
     iou, union = _iou_parts(pair)
-    hull = _hull_area(torch.cat([pair.pa, pair.pb], dim=1), torch.cat([pair.ma, pair.mb], dim=1))
+    hull = _hull_area(torch.cat([pair.pa, pair.pb], dim=1), torch.cat([pair.ma, pair.mb], dim=1), pair.side)
     flat = has_zero_area(hull, pair.side)
     enclosing = torch.maximum(hull, union)
     penalty = (enclosing - union) / torch.where(flat, enclosing.new_ones(()), enclosing)
