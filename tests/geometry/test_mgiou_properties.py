@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from polygon_strategies import PROPERTY, Pairs, pixel_polygons, polygon_pairs
 
-from detloss.functional.polygon import mgiou, mgiou_loss
+from detloss.functional.polygon import convexity_penalty, mgiou, mgiou_loss
 
 shapely = pytest.importorskip("shapely")
 from shapely.geometry import MultiPoint  # noqa: E402
@@ -125,16 +125,29 @@ def test_square_far_from_the_origin(dtype: torch.dtype) -> None:
     assert mgiou(a, b).item() == pytest.approx((3 / 5 + 1) / 2, abs=1e-6)
 
 
-def test_subnormal_vertex_gives_finite_gradients() -> None:
-    """A target edge of length 1e-40 (subnormal in float32) has no axis, but its hull length 1e-40 was a
-    denominator: 0 * inf = nan in the gradient although the value was finite."""
+@pytest.mark.parametrize("shift", [(0.5, 0.5), (0.0, 0.5), (0.25, 0.0)])
+def test_subnormal_vertex_gives_finite_gradients(shift: tuple[float, float]) -> None:
+    """A target edge of length 1e-40 (subnormal in float32) has no axis, but its hull length, subnormal
+    too, was a denominator: 0 * inf = nan in the gradient although the value was finite."""
     t = torch.tensor([[[0.0, 0.0], [1e-40, 0.0], [1.0, 1.0], [-1.0, 1.0]]])
-    p = (t + 0.5).requires_grad_()
+    p = (t + torch.tensor(shift)).requires_grad_()
     loss = mgiou_loss(p, t)
     loss.backward()
     assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
-    # pred: the triangle (.5, .5), (1.5, 1.5), (-.5, 1.5) (its first two vertices coincide in float32);
-    # target: the triangle (0, 0), (1, 1), (-1, 1). Axes: the normals of the three edges of each, every
-    # direction twice. On (-1, 1): pred [0, 2], target [0, 2]: GIoU1D 1; on (1, 1): pred [1, 3], target
-    # [0, 2]: 1/3; on (0, 1): pred [.5, 1.5], target [0, 1]: 1/3. Loss (1 - 5/9) / 2.
-    assert loss.item() == pytest.approx((1 - 5 / 9) / 2, abs=1e-6)
+    if shift == (0.5, 0.5):
+        # pred: the triangle (.5, .5), (1.5, 1.5), (-.5, 1.5) (its first two vertices coincide in float32);
+        # target: the triangle (0, 0), (1, 1), (-1, 1). Axes: the normals of the three edges of each, every
+        # direction twice. On (-1, 1): pred [0, 2], target [0, 2]: GIoU1D 1; on (1, 1): pred [1, 3], target
+        # [0, 2]: 1/3; on (0, 1): pred [.5, 1.5], target [0, 1]: 1/3. Loss (1 - 5/9) / 2.
+        assert loss.item() == pytest.approx((1 - 5 / 9) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize(("dtype", "scale"), [(torch.float32, 1e-20), (torch.float64, 1e-160)])
+def test_convexity_penalty_of_a_subnormal_polygon_is_zero_with_finite_gradient(dtype, scale) -> None:
+    """A dart whose squared edges are subnormal has no edge above ``finfo.tiny`` (documented: penalty 0);
+    dividing by its subnormal mean squared edge gave inf and nan gradients."""
+    dart = (torch.tensor([[[0.0, 0.0], [2.0, 1.0], [4.0, 0.0], [2.0, 4.0]]], dtype=dtype) * scale).requires_grad_()
+    penalty = convexity_penalty(dart)
+    penalty.sum().backward()
+    assert penalty.item() == 0.0
+    assert torch.isfinite(dart.grad).all()
