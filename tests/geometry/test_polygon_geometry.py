@@ -146,19 +146,30 @@ def test_iou_of_degenerate_polygons_is_zero_unless_the_same_point_set() -> None:
             assert polygon_giou(x, y).item() == pytest.approx(giou, abs=1e-15)
 
 
+#: a pentagon of radius 1e-3 around (1, 0) stored as a 7-gon with two repeated vertices
+SMALL_7GON = [
+    [1.000999257716433, 3.8522930173500475e-05],
+    [1.0006200900721618, 0.0007845306255376599],
+    [1.0006200900721618, 0.0007845306255376599],
+    [0.9994659324846635, 0.0008454418306792507],
+    [0.9994625431129196, 0.0008432912275897604],
+    [0.9990002387777194, 2.1851737320063804e-05],
+    [0.9990002387777194, 2.1851737320063804e-05],
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_small_polygon_against_a_degenerate_one(dtype: torch.dtype) -> None:
-    """A 7-gon of radius 1e-3 (a pentagon with two repeated vertices) against a 7-point polygon at the
-    origin gave IoU 3.4e13 (float64) and 8.3e4 (float32): clipping by zero-length edges kept all of it."""
-    angle = torch.arange(7, dtype=torch.float64) * (2 * math.pi / 5)
-    a = (1e-3 * torch.stack([angle.cos(), angle.sin()], -1) + torch.tensor([1.0, 0.0], dtype=torch.float64))[None]
-    a, zero = a.to(dtype), torch.zeros(1, 7, 2, dtype=dtype)
+    """SMALL_7GON against 7 copies of the origin gave IoU 1.8e14 in float64 (8.3e4 in float32 for such
+    polygons): clipping by zero-length edges kept all of it and the union was rounding noise."""
+    a, zero = _t(SMALL_7GON, dtype=dtype), torch.zeros(1, 7, 2, dtype=dtype)
     assert polygon_iou(a, zero).item() == 0.0
     assert polygon_iou(zero, a).item() == 0.0
-    # GIoU = -(C - U) / C with U the pentagon (5/2 r^2 sin 72 deg) and C its hull with the origin
-    pent = 2.5e-6 * math.sin(math.radians(72))
-    hull = MultiPoint(a[0].double().tolist() + [(0.0, 0.0)]).convex_hull.area
-    assert polygon_giou(a, zero).item() == pytest.approx(-(hull - pent) / hull, rel=1e-5)
+    # GIoU = -(C - U) / C with U the polygon and C its hull with the origin
+    pts = a[0].double().numpy()
+    union = MultiPoint(pts).convex_hull.area
+    hull = MultiPoint(np.concatenate([pts, [[0.0, 0.0]]])).convex_hull.area
+    assert polygon_giou(a, zero).item() == pytest.approx(-(hull - union) / hull, rel=1e-5)
 
 
 def test_clip_through_a_subnormal_crossing_has_finite_gradients() -> None:
