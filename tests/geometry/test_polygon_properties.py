@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given
-from polygon_strategies import CONVEX, PROPERTY, Pairs, pixel_polygons, polygon_pairs
+from polygon_strategies import CONVEX, PROPERTY, Pairs, for_shapely, pixel_polygons, polygon_pairs
 
 from detloss.geometry import polygon_area, polygon_giou, polygon_iou
 from detloss.geometry.hull import convex_hull
@@ -30,7 +30,7 @@ def reference(pairs: Pairs, i: int) -> tuple[float, float, float, float]:
     """Area of ``a`` and ``b``, IoU and GIoU of pair ``i`` by shapely, on the pair's local coordinates
     (the exact input minus its offset), with the documented rules for flat polygons."""
     va, vb = pairs.vertices(i)
-    la, lb = pairs.local(i)
+    la, lb = (for_shapely(x) for x in pairs.local(i))
     ha, hb = MultiPoint(la).convex_hull, MultiPoint(lb).convex_hull  # = the polygon, for convex input
     flat_a, flat_b = flat(ha.area, la), flat(hb.area, lb)
     if flat_a or flat_b:
@@ -116,7 +116,7 @@ def test_convex_hull_far_from_the_origin_matches_shapely(pairs: Pairs) -> None:
     for i in range(len(points)):
         la, lb = pairs.local(i)
         both = np.concatenate([la, lb])
-        ref = MultiPoint(both).convex_hull
+        ref = MultiPoint(for_shapely(both)).convex_hull
         side = float(np.ptp(both, 0).max())
         assert area[i].item() == pytest.approx(ref.area, abs=1e-9 * side * side)
         if ref.geom_type == "Polygon":

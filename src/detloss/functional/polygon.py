@@ -79,9 +79,8 @@ from detloss.geometry.polygon import (
     next_valid_index,
     prev_valid_index,
     rounding_tolerance,
-    shoelace,
+    shoelace_xy,
     signed_polygon_area,
-    vertex_bounds,
     vertex_mask,
 )
 
@@ -96,21 +95,22 @@ def _prepare(name: str, poly: object, valid_name: str, valid: object) -> tuple[t
     return as_float32(poly), mask
 
 
-def _to_local(
-    p: torch.Tensor, mp: torch.Tensor | None, g: torch.Tensor, mg: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Both polygons shifted by the centre of their joint bounding box (a constant: MGIoU is
-    translation-invariant), the larger side ``(N,)`` of that box and of the target's own box.
+def _to_local(px: torch.Tensor, py: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Filled coordinates (:func:`_coords`) of both polygons shifted by the centre of their joint bounding
+    box (a constant: MGIoU is translation-invariant) and the larger side ``(N,)`` of that box; then the
+    centre ``x, y`` ``(N, 1)`` and larger side ``(N,)`` of the target's own box.
 
-    Projections of absolute coordinates far from the origin would lose all but the leading digits.
-    Invalid vertices keep whatever they hold (:func:`_coords` never reads them).
+    Projections of absolute coordinates far from the origin would lose all but the leading digits. Filled
+    slots hold copies of valid vertices, so they change no bounds.
     """
     with torch.no_grad():
-        lo_p, hi_p = vertex_bounds(p, mp)
-        lo_g, hi_g = vertex_bounds(g, mg)
-        lo, hi = torch.minimum(lo_p, lo_g), torch.maximum(hi_p, hi_g)
-        centre = box_centre(lo, hi)
-    return p - centre, g - centre, box_side(lo, hi), box_side(lo_g, hi_g)
+        (pxl, pxh), (pyl, pyh), (gxl, gxh), (gyl, gyh) = ((c.amin(1), c.amax(1)) for c in (px, py, gx, gy))
+        lo = torch.stack([torch.minimum(pxl, gxl), torch.minimum(pyl, gyl)], -1)
+        hi = torch.stack([torch.maximum(pxh, gxh), torch.maximum(pyh, gyh)], -1)
+        cx, cy = box_centre(lo, hi).unbind(-1)  # (N, 1) each
+        g_lo, g_hi = torch.stack([gxl, gyl], -1), torch.stack([gxh, gyh], -1)
+        gcx, gcy = box_centre(g_lo, g_hi).unbind(-1)
+    return px - cx, py - cy, gx - cx, gy - cy, box_side(lo, hi), gcx, gcy, box_side(g_lo, g_hi)
 
 
 def _full(mask: torch.Tensor | None, poly: torch.Tensor) -> torch.Tensor:
@@ -294,8 +294,8 @@ def _axis_giou(
         # A hull length within rounding of the projections (|coordinate| <= side) is 0: both projections
         # are one point, GIoU1D := 0. Also keeps 1 / hull2 finite, so a missing axis (weight 0) cannot
         # send 0 * inf = nan into backward.
-        noise = rounding_tolerance(hull2.dtype) * side[:, None] * (ax.abs() + ay.abs())
-        usable = (hull2 > noise) & (hull2 >= torch.finfo(hull2.dtype).tiny)
+        noise = ax.abs().add_(ay.abs()).mul_(rounding_tolerance(hull2.dtype) * side[:, None])
+        usable = hull2 > noise.clamp_(min=torch.finfo(hull2.dtype).tiny)
     giou1d = (span - gap) / torch.where(usable, hull2, hull2.new_ones(()))  # = inter / (hull + eps)
     return torch.where(usable, giou1d, giou1d.new_zeros(())), weight
 
@@ -338,8 +338,8 @@ def mgiou(
     g, mg = _prepare("target", target, "target_valid", target_valid)
     check_same("pred", p, "target", g, dims=(0,))
     p, g = common_float(p, g)
-    p, g, side, _ = _to_local(p, mp, g, mg)
-    return _mgiou(*_coords(p, mp), mp, *_coords(g, mg), mg, eps, side)
+    px, py, gx, gy, side, *_ = _to_local(*_coords(p, mp), *_coords(g, mg))
+    return _mgiou(px, py, mp, gx, gy, mg, eps, side)
 
 
 def axis_giou(
@@ -374,8 +374,8 @@ def axis_giou(
     g, mg = _prepare("target", target, "target_valid", target_valid)
     check_same("pred", p, "target", g, dims=(0,))
     p, g = common_float(p, g)
-    p, g, side, _ = _to_local(p, mp, g, mg)
-    giou, weight = _axis_giou(*_coords(p, mp), mp, *_coords(g, mg), mg, eps, side)
+    px, py, gx, gy, side, *_ = _to_local(*_coords(p, mp), *_coords(g, mg))
+    giou, weight = _axis_giou(px, py, mp, gx, gy, mg, eps, side)
     return giou, weight > 0
 
 
@@ -482,13 +482,12 @@ def mgiou_loss(
         p = sort_by_angle(p, mp)
         if mp is not None:
             mp = torch.arange(p.shape[1], device=p.device) < mp.sum(1, keepdim=True)
-    pl, gl, side, side_g = _to_local(p, mp, g, mg)
-    px, py = _coords(pl, mp)
-    gx, gy = _coords(gl, mg)
-    loss = (1.0 - _mgiou(px, py, mp, gx, gy, mg, eps, side)) * 0.5
+    (px, py), (gx, gy) = _coords(p, mp), _coords(g, mg)
+    lpx, lpy, lgx, lgy, side, gcx, gcy, side_g = _to_local(px, py, gx, gy)
+    loss = (1.0 - _mgiou(lpx, lpy, mp, lgx, lgy, mg, eps, side)) * 0.5
 
-    with torch.no_grad():  # degenerate target: zero area up to rounding
-        degenerate = has_zero_area(shoelace(torch.stack([gx, gy], -1), _full(mg, g)), side_g)
+    with torch.no_grad():  # degenerate target: zero area up to rounding, about its own centre
+        degenerate = has_zero_area(shoelace_xy(gx - gcx, gy - gcy, mg), side_g)
     if mp is None and mg is None:
         l1 = (p - g).abs().sum((1, 2)) / p.shape[1]
     else:  # filled coordinates: finite everywhere

@@ -25,16 +25,19 @@ fixed number of vertices per step, differentiable almost everywhere (``gradcheck
 on generic inputs) and compute in float32 (float64 kept).
 
 **Local origin.** Shoelace sums of absolute coordinates lose everything but the leading digits far from
-the origin (a 2 px polygon at 4000 px in float32). Every function therefore first translates its
-polygons (a pair: both by one shift) so that the bounding box of their valid vertices is centred on the
-origin. The shift is a constant (no gradient): the values are translation-invariant, so nothing is lost.
+the origin (a 2 px polygon at 4000 px in float32). Every function therefore computes about a local
+origin: the clipping and the hull of a pair about the centre of the bounding box of both polygons' valid
+vertices (one shift for both), each polygon's own area about the centre of its own box. The shifts are
+constants (no gradient): the values are translation-invariant, so nothing is lost.
 
-**Zero up to rounding.** A length or area is treated as zero when it is at most ``64 * finfo(dtype).eps``
-times the matching power of the shape's size (the larger side of its bounding box), or below
-``finfo(dtype).tiny``. So a polygon is *flat* (degenerate) when ``|area| <= 64 * eps * side**2``: fewer
-than three valid vertices, all equal, or collinear, up to rounding. Edges of the clipping polygon that
-short are skipped, like padding. Divisions use :func:`torch.where` on a safe denominator, so neither the
-value nor the gradient can become ``inf`` or ``nan`` for finite input (no ``0 * inf`` in backward).
+**Zero up to rounding.** An area is treated as zero when it is at most ``64 * finfo(dtype).eps`` times
+the square of the shape's size (the larger side of its bounding box), or below ``finfo(dtype).tiny``
+(:func:`has_zero_area`). So a polygon is *flat* (degenerate) when ``|area| <= 64 * eps * side**2``:
+fewer than three valid vertices, all equal, or collinear, up to rounding. Likewise an edge of the
+clipping polygon shorter than ``64 * eps`` times its longest edge is skipped like padding
+(:func:`long_edges`), and a segment whose two ends are within ``64 * eps * side`` of a clipping line
+lies on it. Divisions use :func:`torch.where` on a safe denominator, so neither the value nor the
+gradient becomes ``inf`` or ``nan`` for finite input (no ``0 * inf`` in backward).
 """
 
 from __future__ import annotations
@@ -230,12 +233,16 @@ def _same_points(pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch
 
 
 class _LocalPair(NamedTuple):
-    """A prepared pair in its local frame, with the larger sides of ``a``, ``b`` and of both together."""
+    """A prepared pair in its local frame; the signed area of each polygon (each about its own centre,
+    so that a small polygon far from its partner keeps its precision); the larger sides of ``a``, ``b``
+    and of both together; whether they are the same point set."""
 
     pa: torch.Tensor
     ma: torch.Tensor
     pb: torch.Tensor
     mb: torch.Tensor
+    area_a: torch.Tensor
+    area_b: torch.Tensor
     side_a: torch.Tensor
     side_b: torch.Tensor
     side: torch.Tensor
@@ -255,6 +262,8 @@ def _local_pair(pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch.
         ma,
         to_local(pb, mb, centre),
         mb,
+        shoelace(to_local(pa, ma, box_centre(lo_a, hi_a)), ma),
+        shoelace(to_local(pb, mb, box_centre(lo_b, hi_b)), mb),
         box_side(lo_a, hi_a),
         box_side(lo_b, hi_b),
         box_side(lo, hi),
@@ -268,9 +277,20 @@ def _local_pair(pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch.
 def shoelace(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Signed shoelace area ``(N,)`` over the valid vertices of ``p`` ``(N, K, 2)``; invalid vertices must
     hold finite values (they are multiplied by 0). Accurate only near the origin: see :func:`to_local`."""
-    q = gather_vertices(p, next_valid_index(mask))
-    cross = p[..., 0] * q[..., 1] - p[..., 1] * q[..., 0]
-    return 0.5 * torch.where(mask, cross, cross.new_zeros(())).sum(-1)
+    return shoelace_xy(p[..., 0], p[..., 1], mask)
+
+
+def shoelace_xy(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """:func:`shoelace` of the coordinates ``x, y`` ``(N, K)``; ``mask`` ``None`` means all valid."""
+    if mask is None:
+        nx, ny = x.roll(-1, 1), y.roll(-1, 1)
+    else:
+        nxt = next_valid_index(mask)
+        nx, ny = x.gather(1, nxt), y.gather(1, nxt)
+    cross = x * ny - y * nx
+    if mask is not None:
+        cross = torch.where(mask, cross, cross.new_zeros(()))
+    return 0.5 * cross.sum(-1)
 
 
 def signed_polygon_area(poly: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -318,25 +338,30 @@ def _compact(pts: torch.Tensor, keep: torch.Tensor, cap: int) -> tuple[torch.Ten
     return out, torch.arange(cap, device=pts.device) < count
 
 
-def _clip(pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _clip(
+    pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch.Tensor, area_b: torch.Tensor, side: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
     """Intersection of convex ``a`` with convex ``b``: vertices ``(N, Ka + Kb + 2, 2)`` and their mask.
 
     ``a`` is clipped in turn by the half-plane left of each edge of ``b`` (right of it if ``b`` is
     clockwise). A padded edge of ``b``, or one whose length is rounding noise (:func:`long_edges`), is a
     no-op. Clipping a convex polygon with ``m`` vertices by a half-plane leaves at most ``m + 1``; two
-    spare slots absorb rounding. Expects local coordinates (:func:`to_local`).
+    spare slots absorb rounding. Expects local coordinates (:func:`to_local`); ``area_b`` ``(N,)`` is the
+    signed area of ``b`` (its orientation), ``side`` ``(N,)`` the larger side of the pair's bounding box.
     """
     n, ka, _ = pa.shape
     kb = pb.shape[1]
     cap = ka + kb + 2
-    rtol2 = rounding_tolerance(pa.dtype) ** 2
-    tiny = torch.finfo(pa.dtype).tiny
     b_next = gather_vertices(pb, next_valid_index(mb))
     edges = b_next - pb
     with torch.no_grad():
-        sign_b = torch.where(shoelace(pb, mb) >= 0, 1.0, -1.0).to(pb.dtype)[:, None]
+        sign_b = torch.where(area_b >= 0, 1.0, -1.0).to(pb.dtype)[:, None]
         len2 = (edges * edges).sum(-1)
         cuts = long_edges(len2, mb)
+        # dist below is the distance to the clip line times the edge length: a crossing segment whose
+        # ends are both within rounding of the line (64 * eps * side) lies on it, and its start is the
+        # crossing point (dividing by the noise-sized denominator would give a huge or inf gradient)
+        on_line = (rounding_tolerance(pa.dtype) * side[:, None] * len2.sqrt()).clamp_(min=torch.finfo(pa.dtype).tiny)
     pts = torch.cat([pa, pa.new_zeros(n, cap - ka, 2)], dim=1)
     mask = torch.cat([ma, ma.new_zeros(n, cap - ka)], dim=1)
     for k in range(kb):
@@ -348,17 +373,11 @@ def _clip(pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch.Tensor
         nxt = next_valid_index(mask)
         pts_j = gather_vertices(pts, nxt)
         dist_j = dist.gather(1, nxt)
-        seg = pts_j - pts
-        denom = dist - dist_j  # = +-(edge x seg); crossing: opposite signs, so |denom| >= |dist|
+        denom = dist - dist_j  # crossing: opposite signs, so |denom| = |dist| + |dist_j| >= |dist|
         crossing = mask & (inside != inside.gather(1, nxt))
-        with torch.no_grad():
-            # A segment parallel to the clip line up to rounding lies on it: its start is the crossing
-            # point, and dividing by its noise-sized denom would give a huge (or inf) gradient.
-            steep = denom * denom > (rtol2 * len2[:, k, None]) * (seg * seg).sum(-1)
-            steep &= denom.abs() >= tiny
-        safe = crossing & steep
+        safe = crossing & (denom.abs() > on_line[:, k, None])
         t = torch.where(safe, dist / torch.where(safe, denom, denom.new_ones(())), dist.new_zeros(()))
-        hit = pts + t[..., None] * seg
+        hit = pts + t[..., None] * (pts_j - pts)
         cand = torch.stack([pts, hit], dim=2).reshape(n, 2 * cap, 2)
         keep = torch.stack([mask & inside, crossing], dim=2).reshape(n, 2 * cap)
         pts, mask = _compact(cand, keep, cap)
@@ -367,12 +386,11 @@ def _clip(pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch.Tensor
 
 def _iou_parts(pair: _LocalPair) -> tuple[torch.Tensor, torch.Tensor]:
     """IoU and union area ``(N,)`` of a pair in its local frame (see :func:`polygon_iou`)."""
-    pa, ma, pb, mb = pair.pa, pair.ma, pair.pb, pair.mb
-    zero = pa.new_zeros(())
-    flat_a = has_zero_area(area_a := shoelace(pa, ma).abs(), pair.side_a)
-    flat_b = has_zero_area(area_b := shoelace(pb, mb).abs(), pair.side_b)
+    zero = pair.pa.new_zeros(())
+    flat_a = has_zero_area(area_a := pair.area_a.abs(), pair.side_a)
+    flat_b = has_zero_area(area_b := pair.area_b.abs(), pair.side_b)
     area_a, area_b = torch.where(flat_a, zero, area_a), torch.where(flat_b, zero, area_b)
-    inter = shoelace(*_clip(pa, ma, pb, mb)).abs()
+    inter = shoelace(*_clip(pair.pa, pair.ma, pair.pb, pair.mb, pair.area_b, pair.side)).abs()
     # The intersection lies in both polygons: rounding of the clipped shoelace must not put it above
     # either area (then union >= inter and IoU <= 1 also in floating point). A flat polygon meets
     # anything in zero area (clipping by its noise-sized edges would cut nothing).
@@ -440,27 +458,29 @@ def _hull_area(pts: torch.Tensor, mask: torch.Tensor, side: torch.Tensor) -> tor
         heading = torch.zeros_like(start_pt)
         heading[:, 1] = -1.0
         done = ~mask.any(1)
-        visited = torch.zeros_like(mask).scatter_(1, start[:, None], True)
+        visited = torch.zeros_like(mask)
         order = [start]
-        for _ in range(m):
+        for k in range(m + 1):
             v = p - cur_pt[:, None]
+            dist2 = (v * v).sum(-1)
+            # the walk is back at a vertex it has visited (within rounding): the hull is closed at the start
+            done = done | (visited & (dist2 <= near2)).any(1)
+            order[-1] = torch.where(done, start, order[-1])
+            if k == m:
+                break
+            visited.scatter_(1, cur[:, None], True)
             cross = heading[:, None, 0] * v[..., 1] - heading[:, None, 1] * v[..., 0]
             dot = heading[:, None, 0] * v[..., 0] + heading[:, None, 1] * v[..., 1]
             turn = torch.atan2(cross, dot)
             # all points lie left of (or on) the last hull edge: a negative turn is rounding of 0,
             # except near -pi (a point straight behind), which is +pi
             turn = torch.where(turn < -math.pi / 2, turn + 2 * math.pi, turn.clamp(min=0.0))
-            dist2 = (v * v).sum(-1)
             turn = torch.where(mask & (dist2 > near2), turn, inf)
             best = turn.amin(1, keepdim=True)
+            done = done | torch.isinf(best[:, 0])
             tie = turn <= best + tol
-            nxt = torch.where(tie, dist2, -1.0).argmax(1)
+            nxt = torch.where(done, start, torch.where(tie, dist2, -1.0).argmax(1))
             nxt_pt = p[rows, nxt]
-            seen = visited & (((p - nxt_pt[:, None]) ** 2).sum(-1) <= near2)
-            done = done | torch.isinf(best[:, 0]) | seen.any(1)
-            nxt = torch.where(done, start, nxt)
-            nxt_pt = torch.where(done[:, None], start_pt, nxt_pt)
-            visited.scatter_(1, nxt[:, None], True)
             step = nxt_pt - cur_pt
             heading = torch.where((step != 0).any(-1, keepdim=True), step, heading)
             cur, cur_pt = nxt, nxt_pt
