@@ -116,10 +116,17 @@ def test_finite_values_gradients_and_a_gradient_for_every_disjoint_pair(pairs: P
 @given(pixel_polygons())
 def test_float32_identity_far_from_the_origin(polygons: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
     """A polygon against itself, from any start vertex in either order: MGIoU 1 +- 1e-5, loss <= 1e-5
-    in float32 at any position up to 8192 px."""
+    in float32 at any position up to 8192 px; against a shifted copy, the numpy value +- 1e-5."""
     a, b, count = polygons
     assert ((mgiou(a, b, count, count) - 1).abs() <= 1e-5).all()
     assert (mgiou_loss(a, b, count, count) <= 1e-5).all()
+    # against a copy shifted by a third of a pixel along (1, 2): the numpy MGIoU of the float32 inputs in
+    # float64 (about the first vertex; exact differences), to float32 rounding of the local coordinates
+    moved = a + torch.tensor([1 / 3, 2 / 3])
+    value = mgiou(a, moved, count, count)
+    for i, n in enumerate(count.tolist()):
+        pa, pb = a[i, :n].double().numpy(), moved[i, :n].double().numpy()
+        assert value[i].item() == pytest.approx(numpy_mgiou(pa - pa[0], pb - pa[0]), abs=1e-5)
 
 
 # ---------------------------------------------------------------------------------- reported cases
