@@ -78,15 +78,31 @@ def test_ultralytics_eps_conventions():
     v = V * (math.atan(w2 / h2) - math.atan(w1 / h1)) ** 2
     ciou = diou - v / (v - iou + (1 + e)) * v
     a, b = _boxes([[0, 0, 2, 1]]), _boxes([[0, 0, 1, 2]])
-    got = {k: SIMILARITY[k](a, b, eps=e).item() for k in KINDS}
+    got = {k: SIMILARITY[k](a, b, eps=e).item() for k in KINDS if k != "giou"}
+    got["giou"] = box_giou(a, b, eps=e, preset="ultralytics").item()
     assert got == pytest.approx({"iou": iou, "giou": giou, "diou": diou, "ciou": ciou}, rel=1e-12)
+    assert iou_loss(a, b, kind="giou", eps=e, preset="ultralytics").item() == pytest.approx(1 - giou, rel=1e-12)
+    # default path: enclosing area and union both without the eps on the heights
+    # (union of the true areas 2 + 2 - 1 = 3, enclosing 2 x 2), eps only in the denominator
+    assert box_giou(a, b, eps=e).item() == pytest.approx(iou - (4.0 - 3.0) / (4.0 + e), rel=1e-12)
 
 
-def test_zero_height_overlap_giou_quirk_is_documented_behaviour():
-    # union = 10 eps + 10 eps + eps, enclosing area = 0 + eps: GIoU = (21 eps - eps) / eps = w1 + w2
+def test_zero_height_overlap_giou_quirk_only_with_ultralytics_preset():
+    # ultralytics: union = 10 eps + 10 eps + eps, enclosing area = 0 + eps: GIoU = (21 eps - eps) / eps = w1 + w2
     z = _boxes([[0, 0, 10, 0]])
-    assert box_giou(z, z).item() == pytest.approx(20.0, rel=1e-9)
+    assert box_giou(z, z, preset="ultralytics").item() == pytest.approx(20.0, rel=1e-9)
     assert box_iou(z, z).item() == 0.0
+    # default: enclosing area 0 = union of the true areas: no penalty, GIoU = IoU = 0
+    assert box_giou(z, z).item() == 0.0
+    # two zero-height boxes on one line, overlapping by 2: ultralytics' union is (4 + 6 + 1) eps against an
+    # enclosing area of eps, GIoU 10, loss -9
+    a, b = _boxes([[0, 5, 4, 5]], torch.float32), _boxes([[2, 5, 8, 5]], torch.float32)
+    assert iou_loss(a, b, kind="giou", preset="ultralytics").item() == pytest.approx(-9.0, rel=1e-5)
+    assert iou_loss(a, b, kind="giou").item() == 1.0
+    with pytest.raises(ValueError, match="preset"):
+        iou_loss(a, b, kind="giou", preset="yolo")
+    with pytest.raises(ValueError, match="preset"):
+        box_giou(a, b, preset="Ultralytics")
 
 
 def test_min_iou_gates_aspect_term():
@@ -206,9 +222,9 @@ def _tensors(pairs, dtype=torch.float32):
 @settings(max_examples=80, deadline=None)
 @given(PAIRS)
 def test_values_and_gradients_finite(pairs):
-    for kind in KINDS:
+    for kind, preset in [(k, None) for k in KINDS] + [("giou", "ultralytics")]:
         a, b = _tensors(pairs)
-        loss = iou_loss(a, b, kind=kind)
+        loss = iou_loss(a, b, kind=kind, preset=preset)
         assert torch.isfinite(loss).all(), kind
         loss.sum().backward()
         assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all(), kind
@@ -226,6 +242,10 @@ def test_values_within_documented_ranges(pairs):
     ciou = box_ciou(a, b)
     assert ((ciou > -1.5 - tol) & (ciou <= 1 + tol)).all()
     giou = box_giou(a, b)
+    assert ((giou >= -1 - tol) & (giou <= 1 + tol)).all()
+    loss = iou_loss(a, b, kind="giou")
+    assert ((loss >= -tol) & (loss <= 2 + tol)).all()
+    giou = box_giou(a, b, preset="ultralytics")
     assert (giou >= -1 - tol).all()
     # upper bound: 1 + min(2 eps / ch, w1 + w2) (ultralytics eps placement), i.e. 1 for heights >= 1 px
     a64, b64 = a.detach().double(), b.detach().double()

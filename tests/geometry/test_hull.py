@@ -59,6 +59,17 @@ def test_hand_cases():
     assert convex_hull(same)[1].sum().item() <= 1
 
 
+def test_small_set_far_from_the_origin_keeps_its_vertices():
+    """A 2 px square at 4000 px with a fifth vertex 0.01 px below its bottom edge (float32): tolerances
+    relative to the coordinates (64 eps * 4000 = 0.03 px) dropped that vertex; relative to the set's size
+    they keep it, and the area is shapely's."""
+    pts = torch.tensor([[[4000.0, 4000.0], [4001.0, 3999.99], [4002.0, 4000.0], [4002.0, 4002.0], [4000.0, 4002.0]]])
+    hull, mask = convex_hull(pts)
+    assert mask.sum().item() == 5
+    ref = MultiPoint(pts[0].double().tolist()).convex_hull.area  # 4 + 2 * (4000 - 3999.99...) / 2
+    assert polygon_area(hull, mask).item() == pytest.approx(ref, rel=1e-6)
+
+
 def test_bad_shape_names_points():
     with pytest.raises(ValueError, match="points"):
         convex_hull(torch.zeros(3, 2))

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from shapely.geometry import MultiPoint
 
 from detloss.geometry import (
     next_valid_index,
@@ -108,12 +109,85 @@ def test_iou_hand_cases(a: list, b: list, expected: float) -> None:
     )
 
 
-def test_iou_of_degenerate_polygons_is_zero() -> None:
-    point = _t([[1.0, 1.0]] * 4)
+def test_iou_of_degenerate_polygons_is_zero_unless_the_same_point_set() -> None:
+    point, other_point = _t([[1.0, 1.0]] * 4), _t([[1.0, 2.0]] * 4)
     segment = _t([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [0.0, 0.0]])
-    assert polygon_iou(point, point).item() == 0.0
-    assert polygon_iou(segment, _t(UNIT)).item() == 0.0
-    assert polygon_giou(point, point).item() == 0.0
+    same_segment = _t([[2.0, 2.0], [1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])  # other order, a repeat
+    cross = _t([[0.0, 2.0], [2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])  # crosses segment at (1, 1)
+    line = _t(
+        [
+            [1.7860617520075095, 4.239116971213805],
+            [3.511076243939284, 8.333341709030707],
+            [5.813409198075745, 13.797799300317648],
+            [2.8823589213615017, 6.841116555426738],
+        ]
+    )
+    other_line = _t(
+        [
+            [1.5489247369528125, 4.305437284289687],
+            [1.5411846605260904, 4.283922737561988],
+            [0.5533442283894596, 1.5380920809886105],
+            [0.7527648468575776, 2.092407565482613],
+        ]
+    )
+    for a, b, iou, giou in [
+        (point, point, 1.0, 1.0),  # a set with itself: IoU 1; its hull is flat, GIoU = IoU
+        (segment, same_segment, 1.0, 1.0),
+        (point, other_point, 0.0, 0.0),  # flat hull: GIoU = IoU
+        (segment, _t(UNIT), 0.0, -0.5),  # hull (0,0) (1,0) (2,2) (0,1): area 2, union 1
+        (segment, cross, 0.0, -1.0),  # union 0, hull the square [0, 2]^2: GIoU = 0 - (4 - 0) / 4
+        # points (x, k x) rounded: collinear up to rounding, so their shoelace sums, the clipped area and
+        # the hull area are noise (clipped / union gave 0.32; the hull 1.1e-16, so GIoU -1): zero area
+        (line, line[:, [0, 2, 1, 3]], 1.0, 1.0),
+        (other_line[:, [0, 1, 1]], other_line[:, [2, 3, 3]], 0.0, 0.0),  # two pieces of one line
+    ]:
+        for x, y in ((a, b), (b, a)):
+            assert polygon_iou(x, y).item() == iou
+            assert polygon_giou(x, y).item() == pytest.approx(giou, abs=1e-15)
+
+
+#: a pentagon of radius 1e-3 around (1, 0) stored as a 7-gon with two repeated vertices
+SMALL_7GON = [
+    [1.000999257716433, 3.8522930173500475e-05],
+    [1.0006200900721618, 0.0007845306255376599],
+    [1.0006200900721618, 0.0007845306255376599],
+    [0.9994659324846635, 0.0008454418306792507],
+    [0.9994625431129196, 0.0008432912275897604],
+    [0.9990002387777194, 2.1851737320063804e-05],
+    [0.9990002387777194, 2.1851737320063804e-05],
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_small_polygon_against_a_degenerate_one(dtype: torch.dtype) -> None:
+    """SMALL_7GON against 7 copies of the origin gave IoU 1.8e14 in float64 (8.3e4 in float32 for such
+    polygons): clipping by zero-length edges kept all of it and the union was rounding noise."""
+    a, zero = _t(SMALL_7GON, dtype=dtype), torch.zeros(1, 7, 2, dtype=dtype)
+    assert polygon_iou(a, zero).item() == 0.0
+    assert polygon_iou(zero, a).item() == 0.0
+    # GIoU = -(C - U) / C with U the polygon and C its hull with the origin
+    pts = a[0].double().numpy()
+    union = MultiPoint(pts).convex_hull.area
+    hull = MultiPoint(np.concatenate([pts, [[0.0, 0.0]]])).convex_hull.area
+    assert polygon_giou(a, zero).item() == pytest.approx(-(hull - union) / hull, rel=1e-5)
+
+
+def test_clip_through_a_subnormal_crossing_has_finite_gradients() -> None:
+    """Edge (0, 1e-40) -> (1, -1e-40) crosses the clip line y = 0 with a subnormal denominator (float32):
+    t = dist / (dist - dist_j) had an infinite derivative, giving inf and nan gradients."""
+    b = torch.tensor([[[-2.0, 0.0], [2.0, 0.0], [2.0, 2.0], [-2.0, 2.0]]])
+    # above the line: a sliver of area ~1e-40; symmetric about the origin, so no shift absorbs the 1e-40
+    a = torch.tensor([[[0.0, 1e-40], [0.5, -2.0], [1.0, -1e-40]]], requires_grad=True)
+    iou = polygon_iou(a, b)
+    iou.backward()
+    assert 0 <= iou.item() < 1e-30
+    assert torch.isfinite(a.grad).all()
+    # the same crossing with the triangle above the line: inside the 4 x 2 box (area 1/2 of 8)
+    a = torch.tensor([[[0.0, 1e-40], [1.0, -1e-40], [0.5, 1.0]]], requires_grad=True)
+    iou = polygon_iou(a, b)
+    iou.backward()
+    assert iou.item() == pytest.approx(0.5 / 8, rel=1e-6)
+    assert torch.isfinite(a.grad).all()
 
 
 def test_iou_and_giou_against_shapely() -> None:

@@ -232,7 +232,7 @@ class DenseCriterion(TermCriterion):
         pos_logits = head.gather(head.box, t.image, t.anchor)  # (P, 4 * reg_max)
         pos_ltrb = self._decode(pos_logits)
         terms = {}
-        box_el = iou_loss(dist2bbox(pos_ltrb, t.points), t.boxes, kind=self.box_loss)
+        box_el = iou_loss(dist2bbox(pos_ltrb, t.points), t.boxes, kind=self.box_loss, preset=self.preset)
         terms["box"] = self._term("box", box_el, denom, weights=t.weight, num_pos=num_pos, anchor=anchor)
         cls_el = self._cls_elements(head, t, ignore)
         num_cls = (head.batch_size * head.num_anchors - _count(ignore)) * self.num_classes

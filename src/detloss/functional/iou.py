@@ -3,15 +3,17 @@
 Boxes are pixel ``xyxy`` tensors of shape ``(..., 4)``; ``a[i]`` is compared with ``b[i]`` (not all pairs).
 Each function returns ``(...)`` in float32 (float64 kept, for gradcheck), also under autocast.
 
-The ``eps`` conventions are exactly those of ultralytics ``bbox_iou(xywh=False)`` (YOLOv5/v8), so that a
-YOLOv8 preset reproduces its numbers to float32 precision::
+The ``eps`` conventions are those of ultralytics ``bbox_iou(xywh=False)`` (YOLOv5/v8), so that a
+YOLOv8 preset reproduces its numbers to float32 precision, except GIoU's enclosing term on the default
+path (``preset=None``)::
 
     w = x2 - x1,  h = y2 - y1 + eps                       (per box; eps only on the height)
     inter = clamp(min(x2) - max(x1), 0) * clamp(min(y2) - max(y1), 0)
     union = w1*h1 + w2*h2 - inter + eps
     iou   = inter / union
     cw, ch = max(x2) - min(x1), max(y2) - min(y1)        (enclosing box, no eps)
-    GIoU  = iou - (cw*ch + eps - union) / (cw*ch + eps)
+    GIoU  = iou - (cw*ch - U0) / (cw*ch + eps)           U0 = union of the boxes' true areas (no eps)
+    GIoU  = iou - (cw*ch + eps - union) / (cw*ch + eps)  (preset="ultralytics")
     DIoU  = iou - rho2 / c2,  c2 = cw² + ch² + eps,  rho2 = |centre_b - centre_a|²
     CIoU  = DIoU - alpha*v,  v = 4/π² (atan(w2/h2) - atan(w1/h1))²,  alpha = v / (v - iou + 1 + eps)
 
@@ -27,11 +29,14 @@ Ranges, for valid boxes (``x1 <= x2``, ``y1 <= y2``; not checked, as that would 
   ``alpha*v = v² / (v + 1 - iou + eps) <= v² / (v + 1 - iou)``, and ``iou - v² / (v + 1 - iou)`` grows with
   ``iou``, so it is at least ``-v² / (v + 1) > -1/2``; with ``rho2 / c2 < 1``, ``CIoU > -1 - 1/2``. The
   bound is approached by a very wide and a very tall box far apart.
-* GIoU in ``[-1, 1 + min(2*eps/ch, w1 + w2)]``: ``GIoU = iou - 1 + union/(cw*ch + eps)`` and
-  ``union/(cw*ch + eps) <= 1 + eps*(w1 + w2)/(cw*ch + eps)`` because the eps on the heights enters the
-  union but not the enclosing area. For boxes of height >= 1 px this is ``[-1, 1]`` to float32 precision;
-  two overlapping boxes of zero height give a GIoU up to ``w1 + w2`` (so a negative loss). This is the
-  ultralytics convention, kept on purpose for compatibility.
+* GIoU in ``[-1, 1]``: the enclosing box contains both boxes, so ``0 <= cw*ch - U0 <= cw*ch`` and the
+  penalty lies in ``[0, 1)``. Two boxes of zero height on one line have ``cw*ch = U0 = 0``: GIoU = IoU = 0.
+* GIoU with ``preset="ultralytics"`` in ``[-1, 1 + min(2*eps/ch, w1 + w2)]``:
+  ``GIoU = iou - 1 + union/(cw*ch + eps)`` and ``union/(cw*ch + eps) <= 1 + eps*(w1 + w2)/(cw*ch + eps)``
+  because the eps on the heights enters the union but not the enclosing area. For boxes of height >= 1 px
+  this is ``[-1, 1]`` to float32 precision; two overlapping boxes of zero height give a GIoU up to
+  ``w1 + w2`` (so a negative loss: ``[0, 5, 4, 5]`` and ``[2, 5, 8, 5]`` give loss -9). Kept for
+  bit-compatibility with ultralytics only.
 
 ``eps = 0`` is accepted (exact closed forms in tests) but divides by zero on degenerate input, e.g. CIoU's
 ``alpha`` is ``0/0`` for identical boxes.
@@ -49,6 +54,12 @@ from detloss._checks import check_float_pair
 __all__ = ["box_ciou", "box_diou", "box_giou", "box_iou", "iou_loss"]
 
 IoUKind = Literal["iou", "giou", "diou", "ciou"]
+Preset = Literal["ultralytics"] | None
+
+
+def _check_preset(preset: object) -> None:
+    if preset not in (None, "ultralytics"):
+        raise ValueError(f"preset must be None or 'ultralytics', got {preset!r}")
 
 
 def _coords(name_a: str, a: object, name_b: str, b: object) -> tuple[tuple[torch.Tensor, ...], ...]:
@@ -87,10 +98,19 @@ class _Parts:
         return rho2 / c2
 
 
-def _giou(p: _Parts) -> torch.Tensor:
+def _giou(p: _Parts, preset: Preset) -> torch.Tensor:
     cw, ch = p.enclosing()
-    c_area = cw * ch + p.eps
-    return p.iou - (c_area - p.union) / c_area
+    if preset == "ultralytics":
+        c_area = cw * ch + p.eps
+        return p.iou - (c_area - p.union) / c_area
+    # Enclosing area and union both without the eps on the heights: then C >= U0 (the enclosing box
+    # contains both boxes), which the eps-padded union breaks for boxes of zero height.
+    enclosing = cw * ch
+    union = p.w1 * (p.ay2 - p.ay1) + p.w2 * (p.by2 - p.by1) - p.inter
+    denom = enclosing + p.eps
+    positive = denom > 0  # only with eps = 0: no enclosing area, no penalty
+    penalty = (enclosing - union) / torch.where(positive, denom, denom.new_ones(()))
+    return p.iou - torch.where(positive, penalty, penalty.new_zeros(()))
 
 
 def _diou(p: _Parts) -> torch.Tensor:
@@ -125,25 +145,28 @@ def box_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor
     return _Parts("a", a, "b", b, eps).iou
 
 
-def box_giou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+def box_giou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7, *, preset: Preset = None) -> torch.Tensor:
     """Generalised IoU (Rezatofighi et al. 2019) of aligned box pairs: ``iou - (C - union) / C``.
 
-    ``C`` is the area of the smallest enclosing box (plus ``eps``).
+    ``C`` is the area of the smallest enclosing box (plus ``eps`` in the denominator).
 
     Args:
         a: ``(..., 4)`` floating, pixel ``xyxy``.
         b: ``(..., 4)``, same shape as ``a``.
         eps: stabiliser.
+        preset: ``None``, or ``"ultralytics"`` for ultralytics' eps placement in the enclosing term.
 
     Returns:
-        ``(...)`` float32, in ``[-1, 1]`` for boxes of positive height (see the module docstring).
+        ``(...)`` float32, in ``[-1, 1]``; with ``preset="ultralytics"`` only for boxes of positive
+        height (see the module docstring).
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
         >>> box_giou(a, a + 2.0).round(decimals=4)  # disjoint: 0 - (9 - 2) / 9
         tensor([-0.7778])
     """
-    return _giou(_Parts("a", a, "b", b, eps))
+    _check_preset(preset)
+    return _giou(_Parts("a", a, "b", b, eps), preset)
 
 
 def box_diou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -198,6 +221,8 @@ def iou_loss(
     kind: IoUKind = "ciou",
     eps: float = 1e-7,
     min_iou: float | None = None,
+    *,
+    preset: Preset = None,
 ) -> torch.Tensor:
     """IoU-family loss ``1 - similarity`` of aligned (pred, target) box pairs.
 
@@ -207,10 +232,12 @@ def iou_loss(
         kind: ``"iou"``, ``"giou"``, ``"diou"`` or ``"ciou"``.
         eps: stabiliser (ultralytics conventions, see the module docstring).
         min_iou: CIoU only: drop the aspect-ratio term where ``iou < min_iou``.
+        preset: ``None``, or ``"ultralytics"``: GIoU with ultralytics' eps placement (the only kind that
+            differs), bit-compatible but out of range for boxes of zero height.
 
     Returns:
         ``(...)`` float32: ``[0, 1]`` for iou, ``[0, 2]`` for giou and diou, ``[0, 2.5)`` for ciou (see the
-        module docstring for the ranges, and the GIoU caveat for boxes of zero height).
+        module docstring for the ranges, and the GIoU caveat of ``preset="ultralytics"``).
 
     Example:
         >>> p = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
@@ -221,11 +248,12 @@ def iou_loss(
         raise ValueError(f"kind must be one of 'iou', 'giou', 'diou', 'ciou', got {kind!r}")
     if min_iou is not None and kind != "ciou":
         raise ValueError(f"min_iou only applies to kind='ciou', got kind={kind!r}")
+    _check_preset(preset)
     p = _Parts("pred", pred, "target", target, eps)
     if kind == "iou":
         value = p.iou
     elif kind == "giou":
-        value = _giou(p)
+        value = _giou(p, preset)
     elif kind == "diou":
         value = _diou(p)
     else:

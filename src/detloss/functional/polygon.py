@@ -24,24 +24,32 @@ end), the polygon is the valid vertices in stored order closed cyclically, and p
 :func:`~detloss.geometry.signed_polygon_area` means counter-clockwise in a y-up frame (clockwise as
 drawn in y-down image coordinates). MGIoU itself is orientation-agnostic.
 
+**Local origin.** Both polygons of a pair are first shifted by the centre of their joint bounding box
+(a constant, no gradient; MGIoU is translation-invariant), so projections keep their precision far
+from the origin: identical polygons give 1 at 4000 px in float32 as at the origin.
+
 **Axes.** Edge ``i`` runs from valid vertex ``i`` to the next valid vertex. Padded vertices and
 zero-length edges (shorter than ``64 * finfo(dtype).eps`` times the polygon's longest edge, i.e.
-repeated vertices up to rounding) give no axis. Parallel axes are *not* pruned: each edge is one axis.
+repeated vertices up to rounding, or with a squared length below ``finfo.tiny``) give no axis
+(:func:`~detloss.geometry.polygon.long_edges`). Parallel axes are *not* pruned: each edge is one axis.
 For rotated rectangles this equals the paper's MGIoU2D exactly: there each rectangle contributes its two
 edge normals (4 axes); here it contributes 4 normals, two pairs of opposite ones, and the 1-D GIoU on
 ``-a`` equals the one on ``a`` (the projections are mirrored), so every direction is counted exactly
 twice and the mean is the same. For general quadrangles it is the paper's MGIoU2D+ (one axis per edge).
 
-**Gradients** (what report 001 lost). The masked mean is a weighted sum with weight 0 on invalid axes,
+**Gradients through padding.** The masked mean is a weighted sum with weight 0 on invalid axes,
 and every masked entry is computed from finite values selected *before* the arithmetic (padding is
 replaced by a copy of a valid vertex through a gather, so a missing edge has a finite, possibly zero,
 normal), so no ``0 * nan`` reaches the backward pass. The min/max over vertices see only valid
 vertices (a copy of a valid vertex cannot change a min or max), so padded vertices get exactly zero
 gradient and a triangle padded to 8 vertices has the gradient of the bare triangle. No ``nan_to_num`` and no clamp
 on the value path. The hull length is 0 only when both projections are one and the same point (two
-degenerate polygons); that axis gets GIoU1D 0 through a safe denominator, so the value is finite by
-construction without an epsilon, and MGIoU stays exactly scale-invariant (1 for identical polygons at
-any scale). An optional ``eps`` (in the coordinates' unit, default 0 as in the paper's reference code)
+degenerate polygons); a hull length within rounding of that (at most ``64 * finfo(dtype).eps`` times
+the pair's larger side times ``|a_x| + |a_y|``, or below ``finfo.tiny``) counts as 0, and that axis gets
+GIoU1D 0 through :func:`torch.where` on a safe denominator. So the value is finite by construction
+without an epsilon, ``1 / hull`` is never ``inf`` (a missing axis with a subnormal hull would otherwise
+send ``0 * inf = nan`` into backward), and MGIoU stays exactly scale-invariant (1 for identical
+polygons at any scale). An optional ``eps`` (in the coordinates' unit, default 0 as in the paper's reference code)
 is added to the hull length only. The count of valid axes is floored at 1 (a pair with no axis at all
 has MGIoU 0).
 
@@ -62,18 +70,21 @@ import torch
 
 from detloss._checks import as_float32, check_same, common_float
 from detloss.geometry.polygon import (
+    box_centre,
+    box_side,
     check_polygon,
     gather_vertices,
+    has_zero_area,
+    long_edges,
     next_valid_index,
     prev_valid_index,
+    rounding_tolerance,
+    shoelace_xy,
     signed_polygon_area,
     vertex_mask,
 )
 
 __all__ = ["axis_giou", "convexity_penalty", "mgiou", "mgiou_loss", "sort_by_angle"]
-
-# edges shorter than this times the polygon's longest edge are rounding noise, not directions
-_EDGE_RTOL_ULPS = 64
 
 
 def _prepare(name: str, poly: object, valid_name: str, valid: object) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -82,6 +93,24 @@ def _prepare(name: str, poly: object, valid_name: str, valid: object) -> tuple[t
     assert isinstance(poly, torch.Tensor)
     mask = None if valid is None else vertex_mask(valid_name, valid, poly)
     return as_float32(poly), mask
+
+
+def _to_local(px: torch.Tensor, py: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Filled coordinates (:func:`_coords`) of both polygons shifted by the centre of their joint bounding
+    box (a constant: MGIoU is translation-invariant) and the larger side ``(N,)`` of that box; then the
+    centre ``x, y`` ``(N, 1)`` and larger side ``(N,)`` of the target's own box.
+
+    Projections of absolute coordinates far from the origin would lose all but the leading digits. Filled
+    slots hold copies of valid vertices, so they change no bounds.
+    """
+    with torch.no_grad():
+        (pxl, pxh), (pyl, pyh), (gxl, gxh), (gyl, gyh) = ((c.amin(1), c.amax(1)) for c in (px, py, gx, gy))
+        lo = torch.stack([torch.minimum(pxl, gxl), torch.minimum(pyl, gyl)], -1)
+        hi = torch.stack([torch.maximum(pxh, gxh), torch.maximum(pyh, gyh)], -1)
+        cx, cy = box_centre(lo, hi).unbind(-1)  # (N, 1) each
+        g_lo, g_hi = torch.stack([gxl, gyl], -1), torch.stack([gxh, gyh], -1)
+        gcx, gcy = box_centre(g_lo, g_hi).unbind(-1)
+    return px - cx, py - cy, gx - cx, gy - cy, box_side(lo, hi), gcx, gcy, box_side(g_lo, g_hi)
 
 
 def _full(mask: torch.Tensor | None, poly: torch.Tensor) -> torch.Tensor:
@@ -129,12 +158,7 @@ def _edge_axes(
         nxt = next_valid_index(mask)
         ex, ey = x.gather(1, nxt) - x, y.gather(1, nxt) - y
     with torch.no_grad():
-        len2 = torch.addcmul(ex * ex, ey, ey)
-        valid_len2 = len2 if mask is None else len2 * mask
-        rtol = _EDGE_RTOL_ULPS * torch.finfo(x.dtype).eps
-        ok = len2 > valid_len2.amax(1, keepdim=True) * (rtol * rtol)
-        if mask is not None:
-            ok &= mask
+        ok = long_edges(torch.addcmul(ex * ex, ey, ey), mask)
     if not unit:
         return -ey, ex, ok
     inv_len = torch.rsqrt(torch.addcmul(ex * ex, ey, ey) + ~ok)  # missing edges: len2 + 1 > 0, finite
@@ -250,9 +274,11 @@ def _axis_giou(
     gy: torch.Tensor,
     mg: torch.Tensor | None,
     eps: float,
+    side: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GIoU1D ``(N, K + M)`` on every axis (pred's edge normals, then target's) and the axis weights
-    ``(N, K + M)`` (1 for a valid axis, 0 for a missing one), from filled coordinates (:func:`_coords`)."""
+    ``(N, K + M)`` (1 for a valid axis, 0 for a missing one), from filled local coordinates
+    (:func:`_to_local`, :func:`_coords`); ``side`` ``(N,)`` is the larger side of the pair's bounding box."""
     pax, pay, pok = _edge_axes(px, py, mp, unit=eps > 0)
     gax, gay, gok = _edge_axes(gx, gy, mg, unit=eps > 0)
     ax, ay = torch.cat([pax, gax], dim=1), torch.cat([pay, gay], dim=1)
@@ -264,8 +290,14 @@ def _axis_giou(
     span = (p_hi - p_lo) + (g_hi - g_lo)
     gap = (p_hi - g_hi).abs() + (p_lo - g_lo).abs()
     hull2 = span + gap + 2 * eps  # 2 * (hull + eps) >= |span - gap| = 2 * |inter|: GIoU1D in [-1, 1]
-    giou1d = (span - gap) / (hull2 + (hull2 == 0))  # = inter / (hull + eps); 0 / 0 := 0
-    return giou1d, weight
+    with torch.no_grad():
+        # A hull length within rounding of the projections (|coordinate| <= side) is 0: both projections
+        # are one point, GIoU1D := 0. Also keeps 1 / hull2 finite, so a missing axis (weight 0) cannot
+        # send 0 * inf = nan into backward.
+        noise = ax.abs().add_(ay.abs()).mul_(rounding_tolerance(hull2.dtype) * side[:, None])
+        usable = hull2 > noise.clamp_(min=torch.finfo(hull2.dtype).tiny)
+    giou1d = (span - gap) / torch.where(usable, hull2, hull2.new_ones(()))  # = inter / (hull + eps)
+    return torch.where(usable, giou1d, giou1d.new_zeros(())), weight
 
 
 def _mgiou(
@@ -276,9 +308,10 @@ def _mgiou(
     gy: torch.Tensor,
     mg: torch.Tensor | None,
     eps: float,
+    side: torch.Tensor,
 ) -> torch.Tensor:
-    """MGIoU from filled coordinates (:func:`_coords`); ``mp`` / ``mg`` are masks or ``None`` (all valid)."""
-    giou1d, weight = _axis_giou(px, py, mp, gx, gy, mg, eps)
+    """MGIoU from filled local coordinates (:func:`_coords`); ``mp`` / ``mg`` are masks or ``None``."""
+    giou1d, weight = _axis_giou(px, py, mp, gx, gy, mg, eps, side)
     return (giou1d * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)
 
 
@@ -305,7 +338,8 @@ def mgiou(
     g, mg = _prepare("target", target, "target_valid", target_valid)
     check_same("pred", p, "target", g, dims=(0,))
     p, g = common_float(p, g)
-    return _mgiou(*_coords(p, mp), mp, *_coords(g, mg), mg, eps)
+    px, py, gx, gy, side, *_ = _to_local(*_coords(p, mp), *_coords(g, mg))
+    return _mgiou(px, py, mp, gx, gy, mg, eps, side)
 
 
 def axis_giou(
@@ -340,7 +374,8 @@ def axis_giou(
     g, mg = _prepare("target", target, "target_valid", target_valid)
     check_same("pred", p, "target", g, dims=(0,))
     p, g = common_float(p, g)
-    giou, weight = _axis_giou(*_coords(p, mp), mp, *_coords(g, mg), mg, eps)
+    px, py, gx, gy, side, *_ = _to_local(*_coords(p, mp), *_coords(g, mg))
+    giou, weight = _axis_giou(px, py, mp, gx, gy, mg, eps, side)
     return giou, weight > 0
 
 
@@ -384,7 +419,7 @@ def convexity_penalty(pred: torch.Tensor, valid: torch.Tensor | None = None) -> 
 
     over valid vertices. Dividing by the mean squared edge length makes it scale-invariant; it is
     orientation-agnostic (either vertex order of a convex polygon gives 0). A polygon with no
-    non-zero edge gives 0.
+    non-zero edge (mean squared edge below ``finfo.tiny``) gives 0.
 
     >>> dart = torch.tensor([[[0.0, 0.0], [2.0, 1.0], [4.0, 0.0], [2.0, 4.0]]])  # reflex at (2, 1)
     >>> bool(convexity_penalty(dart) > 0), float(convexity_penalty(dart[:, [0, 2, 3]]))
@@ -403,7 +438,7 @@ def convexity_penalty(pred: torch.Tensor, valid: torch.Tensor | None = None) -> 
     count = mask.sum(1).clamp(min=1).to(p.dtype)
     wrong = torch.where(mask, torch.relu(-sign * cross), zero).sum(1) / count
     scale = torch.where(mask, (e_out * e_out).sum(-1), zero).sum(1) / count
-    positive = scale > 0
+    positive = scale >= torch.finfo(p.dtype).tiny  # 1 / scale finite: no 0 * inf in backward
     return torch.where(positive, wrong / torch.where(positive, scale, p.new_ones(())), zero)
 
 
@@ -419,8 +454,9 @@ def mgiou_loss(
 ) -> torch.Tensor:
     """MGIoU loss ``(N,)``: ``(1 - mgiou) / 2`` in ``[0, 1]``, per aligned pair ``(N, K, 2)``.
 
-    * **Degenerate target** (zero area: fewer than 3 valid vertices, all equal or collinear, up to
-      ``64 * finfo(dtype).eps`` times its longest squared edge): MGIoU is meaningless there, so that
+    * **Degenerate target** (zero area up to rounding: fewer than 3 valid vertices, all equal or
+      collinear; ``|area| <= 64 * finfo(dtype).eps * side**2`` with ``side`` the larger side of its
+      bounding box, :func:`~detloss.geometry.has_zero_area`): MGIoU is meaningless there, so that
       pair's loss is the mean L1 distance ``|dx| + |dy|`` between corresponding vertices valid in both
       ``pred`` and ``target`` (0 if none), in the coordinates' unit. The choice is a
       :func:`torch.where` between two finite values, so neither branch leaks ``nan`` into the other.
@@ -446,23 +482,12 @@ def mgiou_loss(
         p = sort_by_angle(p, mp)
         if mp is not None:
             mp = torch.arange(p.shape[1], device=p.device) < mp.sum(1, keepdim=True)
-    px, py = _coords(p, mp)
-    gx, gy = _coords(g, mg)
-    loss = (1.0 - _mgiou(px, py, mp, gx, gy, mg, eps)) * 0.5
+    (px, py), (gx, gy) = _coords(p, mp), _coords(g, mg)
+    lpx, lpy, lgx, lgy, side, gcx, gcy, side_g = _to_local(px, py, gx, gy)
+    loss = (1.0 - _mgiou(lpx, lpy, mp, lgx, lgy, mg, eps, side)) * 0.5
 
-    with torch.no_grad():  # degenerate target: zero area relative to its longest squared edge
-        tx, ty = gx.detach(), gy.detach()
-        if mg is None:
-            nx, ny = tx.roll(-1, 1), ty.roll(-1, 1)
-        else:
-            nxt = next_valid_index(mg)
-            nx, ny = tx.gather(1, nxt), ty.gather(1, nxt)
-        cross = tx * ny - nx * ty
-        len2 = (nx - tx) ** 2 + (ny - ty) ** 2
-        if mg is not None:
-            cross, len2 = cross * mg, len2 * mg
-        rtol = _EDGE_RTOL_ULPS * torch.finfo(g.dtype).eps
-        degenerate = (0.5 * cross.sum(1)).abs() <= rtol * len2.amax(1)
+    with torch.no_grad():  # degenerate target: zero area up to rounding, about its own centre
+        degenerate = has_zero_area(shoelace_xy(gx - gcx, gy - gcy, mg), side_g)
     if mp is None and mg is None:
         l1 = (p - g).abs().sum((1, 2)) / p.shape[1]
     else:  # filled coordinates: finite everywhere

@@ -1,6 +1,7 @@
 """Exact geometry: convex polygon area, clipping, IoU and GIoU (for metrics and comparison)."""
 
 from detloss.geometry.polygon import (
+    has_zero_area,
     next_valid_index,
     polygon_area,
     polygon_giou,
@@ -11,6 +12,7 @@ from detloss.geometry.polygon import (
 )
 
 __all__ = [
+    "has_zero_area",
     "next_valid_index",
     "polygon_area",
     "polygon_giou",

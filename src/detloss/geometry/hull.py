@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from detloss._checks import check_tensor
+from detloss.geometry.polygon import box_centre, box_side, vertex_bounds
 
 
 def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -13,7 +14,9 @@ def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Te
 
     A segment ``i -> j`` is a hull edge when no valid point lies strictly to its right; a point is a
     hull vertex when it starts a hull edge and is not a repeat of an earlier point. O(K^3) per set,
-    which is nothing for the K <= 16 vertices a head predicts.
+    which is nothing for the K <= 16 vertices a head predicts. The tests run about the centre of each
+    set's bounding box with tolerances relative to its size, so the hull of a small set far from the
+    origin is found as well as at the origin.
 
     Args:
         points: ``(N, K, 2)``.
@@ -36,12 +39,16 @@ def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Te
     if valid is None:
         valid = torch.ones(n, k, dtype=torch.bool, device=points.device)
     check_tensor("valid", valid, (n, k))
+    # About the centre of the valid points' bounding box, in units of its half side: the tolerances
+    # below are then relative to the set's size, not to its distance from the origin.
     p = points.detach()
-    scale = p.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1.0)  # tolerance relative to coordinates
-    q = p / scale
+    lo, hi = vertex_bounds(p, valid)
+    q = torch.where(valid[..., None], p - box_centre(lo, hi), p.new_zeros(()))
+    half = 0.5 * box_side(lo, hi)[:, None, None]
+    q = q / torch.where(half > 0, half, half.new_ones(()))
     d = q[:, None, :, :] - q[:, :, None, :]  # d[n, i, j] = q_j - q_i
     cross = d[:, :, :, None, 0] * d[:, :, None, :, 1] - d[:, :, :, None, 1] * d[:, :, None, :, 0]  # (N, i, j, m)
-    eps = 64 * torch.finfo(q.dtype).eps  # a distance relative to the largest coordinate: above rounding noise
+    eps = 64 * torch.finfo(q.dtype).eps  # a distance relative to the half side: above rounding noise
     length = d.norm(dim=-1)  # (N, i, j)
     right = (cross < -eps * length[..., None]) & valid[:, None, None, :]  # strictly right of line i -> j
     distinct = length > eps

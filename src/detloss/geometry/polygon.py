@@ -23,17 +23,34 @@ found by Sutherland-Hodgman clipping of ``a`` by the half-planes of ``b``; the e
 is the convex hull of both vertex sets, found by gift wrapping). Both are batched over ``N`` with a
 fixed number of vertices per step, differentiable almost everywhere (``gradcheck`` passes in float64
 on generic inputs) and compute in float32 (float64 kept).
+
+**Local origin.** Shoelace sums of absolute coordinates lose everything but the leading digits far from
+the origin (a 2 px polygon at 4000 px in float32). Every function therefore computes about a local
+origin: the clipping and the hull of a pair about the centre of the bounding box of both polygons' valid
+vertices (one shift for both), each polygon's own area about the centre of its own box. The shifts are
+constants (no gradient): the values are translation-invariant, so nothing is lost.
+
+**Zero up to rounding.** An area is treated as zero when it is at most ``64 * finfo(dtype).eps`` times
+the square of the shape's size (the larger side of its bounding box), or below ``finfo(dtype).tiny``
+(:func:`has_zero_area`). So a polygon is *flat* (degenerate) when ``|area| <= 64 * eps * side**2``:
+fewer than three valid vertices, all equal, or collinear, up to rounding. Likewise an edge of the
+clipping polygon shorter than ``64 * eps`` times its longest edge is skipped like padding
+(:func:`long_edges`), and a segment whose two ends are within ``64 * eps * side`` of a clipping line
+lies on it. Divisions use :func:`torch.where` on a safe denominator, so neither the value nor the
+gradient becomes ``inf`` or ``nan`` for finite input (no ``0 * inf`` in backward).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 from detloss._checks import as_float32, check_same, check_tensor, common_float
 
 __all__ = [
+    "has_zero_area",
     "next_valid_index",
     "polygon_area",
     "polygon_giou",
@@ -142,13 +159,138 @@ def _pair(a: object, b: object, a_valid: object, b_valid: object) -> tuple[torch
 
 
 # --------------------------------------------------------------------------------------------------
+# local origin and "zero up to rounding"
+# --------------------------------------------------------------------------------------------------
+#: a length or area at most this many ulps of the shape's size (to the matching power) is rounding noise
+RTOL_ULPS = 64
+
+
+def rounding_tolerance(dtype: torch.dtype) -> float:
+    """Relative size below which a length (or, squared, an area) is rounding noise: ``64 * eps``."""
+    return RTOL_ULPS * torch.finfo(dtype).eps
+
+
+def vertex_bounds(poly: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper corner ``(N, 2)`` of the bounding box of the valid vertices of ``(N, K, 2)``.
+
+    Invalid vertices (any value, even ``nan``) are ignored; a polygon without a valid vertex gets
+    ``+inf`` and ``-inf``, so that it vanishes from a :func:`torch.minimum` / :func:`torch.maximum` with
+    another box. No gradient (a frame, not a value).
+    """
+    p = poly.detach()
+    if mask is None:
+        return p.amin(1), p.amax(1)
+    inf = p.new_tensor(math.inf)
+    keep = mask[..., None]
+    return torch.where(keep, p, inf).amin(1), torch.where(keep, p, -inf).amax(1)
+
+
+def box_centre(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Centre ``(N, 1, 2)`` of boxes from :func:`vertex_bounds`, ``0`` for an empty box (no vertex)."""
+    centre = 0.5 * lo + 0.5 * hi  # no overflow near finfo.max
+    return torch.where(lo <= hi, centre, centre.new_zeros(()))[:, None]
+
+
+def box_side(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Larger side ``(N,)`` of boxes from :func:`vertex_bounds`, ``0`` for an empty box."""
+    side = (hi - lo).amax(-1)
+    return torch.where(side >= 0, side, side.new_zeros(()))
+
+
+def has_zero_area(area: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    """Whether ``area`` ``(N,)`` of a shape whose bounding box has larger side ``side`` is zero up to
+    rounding: ``|area| <= 64 * eps * side**2`` or below ``finfo.tiny`` (so ``1 / area`` is finite).
+
+    >>> has_zero_area(torch.tensor([1e-20, 1e-3, 0.0]), torch.tensor([1.0, 1.0, 0.0]))
+    tensor([ True, False,  True])
+    """
+    info = torch.finfo(area.dtype)
+    return area.abs() <= torch.clamp(rounding_tolerance(area.dtype) * side * side, min=info.tiny)
+
+
+def long_edges(len2: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Edges ``(N, K)`` whose squared length ``len2`` is not rounding noise: above ``(64 * eps)**2``
+    times the polygon's longest squared edge and above ``finfo.tiny``; invalid ones (``mask``) never."""
+    valid_len2 = len2 if mask is None else torch.where(mask, len2, len2.new_zeros(()))
+    rtol = rounding_tolerance(len2.dtype)
+    floor = torch.clamp(valid_len2.amax(1, keepdim=True) * (rtol * rtol), min=torch.finfo(len2.dtype).tiny)
+    ok = len2 > floor
+    return ok if mask is None else ok & mask
+
+
+def to_local(poly: torch.Tensor, mask: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """``poly - centre`` on the valid vertices, exactly ``0`` on the others (they get no gradient)."""
+    return torch.where(mask[..., None], poly - centre, poly.new_zeros(()))
+
+
+def _same_points(pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
+    """Whether the valid vertices of ``a`` and ``b`` are the same set of points ``(N,)`` (exact equality,
+    order and repeats ignored)."""
+    equal = (pa[:, :, None] == pb[:, None]).all(-1)  # (N, Ka, Kb)
+    a_in_b = (equal & mb[:, None]).any(2) | ~ma
+    b_in_a = (equal & ma[..., None]).any(1) | ~mb
+    return a_in_b.all(1) & b_in_a.all(1)
+
+
+class _LocalPair(NamedTuple):
+    """A prepared pair in its local frame; the signed area of each polygon (each about its own centre,
+    so that a small polygon far from its partner keeps its precision); the larger sides of ``a``, ``b``
+    and of both together; whether they are the same point set."""
+
+    pa: torch.Tensor
+    ma: torch.Tensor
+    pb: torch.Tensor
+    mb: torch.Tensor
+    area_a: torch.Tensor
+    area_b: torch.Tensor
+    side_a: torch.Tensor
+    side_b: torch.Tensor
+    side: torch.Tensor
+    same: torch.Tensor
+
+
+def _local_pair(pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch.Tensor) -> _LocalPair:
+    """Both polygons shifted by the centre of their joint bounding box (one shift per pair)."""
+    with torch.no_grad():
+        lo_a, hi_a = vertex_bounds(pa, ma)
+        lo_b, hi_b = vertex_bounds(pb, mb)
+        lo, hi = torch.minimum(lo_a, lo_b), torch.maximum(hi_a, hi_b)
+        centre = box_centre(lo, hi)
+        same = _same_points(pa, ma, pb, mb)  # on the user's coordinates: shifting can merge points
+    return _LocalPair(
+        to_local(pa, ma, centre),
+        ma,
+        to_local(pb, mb, centre),
+        mb,
+        shoelace(to_local(pa, ma, box_centre(lo_a, hi_a)), ma),
+        shoelace(to_local(pb, mb, box_centre(lo_b, hi_b)), mb),
+        box_side(lo_a, hi_a),
+        box_side(lo_b, hi_b),
+        box_side(lo, hi),
+        same,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # area
 # --------------------------------------------------------------------------------------------------
-def _signed_area(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Shoelace over the valid vertices of a prepared polygon (invalid ones already zeroed)."""
-    q = gather_vertices(p, next_valid_index(mask))
-    cross = p[..., 0] * q[..., 1] - p[..., 1] * q[..., 0]
-    return 0.5 * torch.where(mask, cross, cross.new_zeros(())).sum(-1)
+def shoelace(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Signed shoelace area ``(N,)`` over the valid vertices of ``p`` ``(N, K, 2)``; invalid vertices must
+    hold finite values (they are multiplied by 0). Accurate only near the origin: see :func:`to_local`."""
+    return shoelace_xy(p[..., 0], p[..., 1], mask)
+
+
+def shoelace_xy(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """:func:`shoelace` of the coordinates ``x, y`` ``(N, K)``; ``mask`` ``None`` means all valid."""
+    if mask is None:
+        nx, ny = x.roll(-1, 1), y.roll(-1, 1)
+    else:
+        nxt = next_valid_index(mask)
+        nx, ny = x.gather(1, nxt), y.gather(1, nxt)
+    cross = x * ny - y * nx
+    if mask is not None:
+        cross = torch.where(mask, cross, cross.new_zeros(()))
+    return 0.5 * cross.sum(-1)
 
 
 def signed_polygon_area(poly: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -156,14 +298,17 @@ def signed_polygon_area(poly: torch.Tensor, valid: torch.Tensor | None = None) -
 
     Positive for counter-clockwise vertices in a y-up frame (= clockwise as drawn in y-down image
     coordinates). Fewer than three valid vertices give 0. Also defined (as the usual signed sum) for
-    non-convex and self-intersecting polygons.
+    non-convex and self-intersecting polygons. Computed about the centre of the polygon's bounding box,
+    so it is as accurate far from the origin as near it.
 
     >>> sq = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [2.0, 1.0], [0.0, 1.0]]])
     >>> signed_polygon_area(sq), signed_polygon_area(sq.flip(1))
     (tensor([2.]), tensor([-2.]))
     """
     p, mask = _prepare("poly", poly, "valid", valid)
-    return _signed_area(p, mask)
+    with torch.no_grad():
+        centre = box_centre(*vertex_bounds(p, mask))
+    return shoelace(to_local(p, mask, centre), mask)
 
 
 def polygon_area(poly: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -193,34 +338,45 @@ def _compact(pts: torch.Tensor, keep: torch.Tensor, cap: int) -> tuple[torch.Ten
     return out, torch.arange(cap, device=pts.device) < count
 
 
-def _clip(pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _clip(
+    pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch.Tensor, area_b: torch.Tensor, side: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
     """Intersection of convex ``a`` with convex ``b``: vertices ``(N, Ka + Kb + 2, 2)`` and their mask.
 
     ``a`` is clipped in turn by the half-plane left of each edge of ``b`` (right of it if ``b`` is
-    clockwise). A zero-length or padded edge of ``b`` is a no-op. Clipping a convex polygon with ``m``
-    vertices by a half-plane leaves at most ``m + 1``; two spare slots absorb rounding.
+    clockwise). A padded edge of ``b``, or one whose length is rounding noise (:func:`long_edges`), is a
+    no-op. Clipping a convex polygon with ``m`` vertices by a half-plane leaves at most ``m + 1``; two
+    spare slots absorb rounding. Expects local coordinates (:func:`to_local`); ``area_b`` ``(N,)`` is the
+    signed area of ``b`` (its orientation), ``side`` ``(N,)`` the larger side of the pair's bounding box.
     """
     n, ka, _ = pa.shape
     kb = pb.shape[1]
     cap = ka + kb + 2
-    with torch.no_grad():
-        sign_b = torch.where(_signed_area(pb, mb) >= 0, 1.0, -1.0).to(pb.dtype)[:, None]
     b_next = gather_vertices(pb, next_valid_index(mb))
+    edges = b_next - pb
+    with torch.no_grad():
+        sign_b = torch.where(area_b >= 0, 1.0, -1.0).to(pb.dtype)[:, None]
+        len2 = (edges * edges).sum(-1)
+        cuts = long_edges(len2, mb)
+        # dist below is the distance to the clip line times the edge length: a crossing segment whose
+        # ends are both within rounding of the line (64 * eps * side) lies on it, and its start is the
+        # crossing point (dividing by the noise-sized denominator would give a huge or inf gradient)
+        on_line = (rounding_tolerance(pa.dtype) * side[:, None] * len2.sqrt()).clamp_(min=torch.finfo(pa.dtype).tiny)
     pts = torch.cat([pa, pa.new_zeros(n, cap - ka, 2)], dim=1)
     mask = torch.cat([ma, ma.new_zeros(n, cap - ka)], dim=1)
     for k in range(kb):
-        origin, edge = pb[:, None, k], (b_next[:, k] - pb[:, k])[:, None]
+        origin, edge = pb[:, None, k], edges[:, None, k]
         rel = pts - origin
         dist = sign_b * (edge[..., 0] * rel[..., 1] - edge[..., 1] * rel[..., 0])  # > 0 inside
-        dist = torch.where(mb[:, k, None], dist, dist.new_ones(()))
+        dist = torch.where(cuts[:, k, None], dist, dist.new_ones(()))
         inside = dist >= 0
         nxt = next_valid_index(mask)
         pts_j = gather_vertices(pts, nxt)
         dist_j = dist.gather(1, nxt)
+        denom = dist - dist_j  # crossing: opposite signs, so |denom| = |dist| + |dist_j| >= |dist|
         crossing = mask & (inside != inside.gather(1, nxt))
-        # crossing: dist and dist_j have opposite signs (one may be 0), so |dist - dist_j| >= |dist|
-        t = dist / torch.where(crossing, dist - dist_j, dist.new_ones(()))
-        t = torch.where(crossing, t, t.new_zeros(()))
+        safe = crossing & (denom.abs() > on_line[:, k, None])
+        t = torch.where(safe, dist / torch.where(safe, denom, denom.new_ones(())), dist.new_zeros(()))
         hit = pts + t[..., None] * (pts_j - pts)
         cand = torch.stack([pts, hit], dim=2).reshape(n, 2 * cap, 2)
         keep = torch.stack([mask & inside, crossing], dim=2).reshape(n, 2 * cap)
@@ -228,14 +384,21 @@ def _clip(pa: torch.Tensor, ma: torch.Tensor, pb: torch.Tensor, mb: torch.Tensor
     return pts, mask
 
 
-def _iou_parts(pa, ma, pb, mb) -> tuple[torch.Tensor, torch.Tensor]:
-    area_a = _signed_area(pa, ma).abs()
-    area_b = _signed_area(pb, mb).abs()
-    inter = _signed_area(*_clip(pa, ma, pb, mb)).abs()
+def _iou_parts(pair: _LocalPair) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU and union area ``(N,)`` of a pair in its local frame (see :func:`polygon_iou`)."""
+    zero = pair.pa.new_zeros(())
+    flat_a = has_zero_area(area_a := pair.area_a.abs(), pair.side_a)
+    flat_b = has_zero_area(area_b := pair.area_b.abs(), pair.side_b)
+    area_a, area_b = torch.where(flat_a, zero, area_a), torch.where(flat_b, zero, area_b)
+    inter = shoelace(*_clip(pair.pa, pair.ma, pair.pb, pair.mb, pair.area_b, pair.side)).abs()
+    # The intersection lies in both polygons: rounding of the clipped shoelace must not put it above
+    # either area (then union >= inter and IoU <= 1 also in floating point). A flat polygon meets
+    # anything in zero area (clipping by its noise-sized edges would cut nothing).
+    inter = torch.where(flat_a | flat_b, zero, torch.minimum(inter, torch.minimum(area_a, area_b)))
     union = area_a + area_b - inter
-    positive = union > 0
-    iou = torch.where(positive, inter / torch.where(positive, union, union.new_ones(())), union.new_zeros(()))
-    return iou, union
+    empty = flat_a & flat_b  # otherwise union >= the larger area > finfo.tiny
+    iou = inter / torch.where(empty, union.new_ones(()), union)
+    return torch.where(empty, pair.same.to(iou.dtype), iou), union
 
 
 def polygon_iou(
@@ -244,62 +407,80 @@ def polygon_iou(
     a_valid: torch.Tensor | None = None,
     b_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exact IoU ``(N,)`` of aligned pairs of **convex** polygons ``a`` ``(N, Ka, 2)``, ``b`` ``(N, Kb, 2)``.
+    """Exact IoU ``(N,)`` in ``[0, 1]`` of aligned pairs of **convex** polygons ``a`` ``(N, Ka, 2)``,
+    ``b`` ``(N, Kb, 2)``.
 
-    Either vertex order, validity as mask or count (module docstring). Two polygons of zero area
-    give 0 (no ``eps``: the value is exact, not smoothed). Differentiable almost everywhere.
+    Either vertex order, validity as mask or count (module docstring). No ``eps``: the value is exact,
+    not smoothed, and differentiable almost everywhere.
+
+    **Degenerate input.** A flat polygon (zero area up to rounding, see the module docstring: fewer than
+    three valid vertices, all equal or collinear) has area 0 and meets any polygon in area 0, so its IoU
+    with anything is 0, except with the very same point set: two flat polygons whose valid vertices are
+    exactly the same points (order and repeats ignored) have IoU 1, like any polygon with itself.
 
     >>> a = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, 2.0]]])
     >>> polygon_iou(a, a + 1.0)
     tensor([0.1429])
+    >>> point, segment = torch.ones(1, 3, 2), torch.tensor([[[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]])
+    >>> polygon_iou(point, point), polygon_iou(segment, segment.flip(1)), polygon_iou(segment, point)
+    (tensor([1.]), tensor([1.]), tensor([0.]))
     """
-    pa, ma, pb, mb = _pair(a, b, a_valid, b_valid)
-    return _iou_parts(pa, ma, pb, mb)[0]
+    return _iou_parts(_local_pair(*_pair(a, b, a_valid, b_valid)))[0]
 
 
 # --------------------------------------------------------------------------------------------------
 # convex hull (gift wrapping, batched)
 # --------------------------------------------------------------------------------------------------
-def _hull_area(pts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _hull_area(pts: torch.Tensor, mask: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
     """Area ``(N,)`` of the convex hull of the valid points ``(N, M, 2)`` (gift wrapping, ``M`` steps).
 
     Starts at the leftmost (then lowest) point heading down and repeatedly takes the point with the
     smallest counter-clockwise turn (ties within rounding: the farthest), so the hull is traversed
-    counter-clockwise (y-up) and its shoelace area is non-negative. The choice of vertices is made on
-    detached values; the area is a shoelace over the chosen vertices, so its gradient is exact.
+    counter-clockwise (y-up) and its shoelace area is non-negative. Points within rounding of the current
+    one (``64 * eps * side``, ``side`` ``(N,)`` the larger side of the points' bounding box) are not
+    candidates: their direction is noise. The walk ends when it reaches a point within rounding of one
+    it has visited (normally the start; another one if rounding made it step past the start), closing
+    back to the start. The choice of vertices is made on detached values; the area is a shoelace over
+    the chosen vertices, so its gradient is exact. Expects local coordinates (:func:`to_local`).
     """
     n, m, _ = pts.shape
     tol = 16 * torch.finfo(pts.dtype).eps
     with torch.no_grad():
         p = pts.detach()
+        near2 = (rounding_tolerance(p.dtype) * side[:, None]) ** 2
         x, y = p[..., 0], p[..., 1]
         inf = x.new_tensor(math.inf)
+        rows = torch.arange(n, device=p.device)
         x_min = torch.where(mask, x, inf).amin(1, keepdim=True)
         start = torch.where(mask & (x == x_min), y, inf).argmin(1)
-        start_pt = p[torch.arange(n, device=p.device), start]
+        start_pt = p[rows, start]
         cur, cur_pt = start, start_pt
         heading = torch.zeros_like(start_pt)
         heading[:, 1] = -1.0
         done = ~mask.any(1)
+        visited = torch.zeros_like(mask)
         order = [start]
-        for _ in range(m):
+        for k in range(m + 1):
             v = p - cur_pt[:, None]
+            dist2 = (v * v).sum(-1)
+            # the walk is back at a vertex it has visited (within rounding): the hull is closed at the start
+            done = done | (visited & (dist2 <= near2)).any(1)
+            order[-1] = torch.where(done, start, order[-1])
+            if k == m:
+                break
+            visited.scatter_(1, cur[:, None], True)
             cross = heading[:, None, 0] * v[..., 1] - heading[:, None, 1] * v[..., 0]
             dot = heading[:, None, 0] * v[..., 0] + heading[:, None, 1] * v[..., 1]
             turn = torch.atan2(cross, dot)
             # all points lie left of (or on) the last hull edge: a negative turn is rounding of 0,
             # except near -pi (a point straight behind), which is +pi
             turn = torch.where(turn < -math.pi / 2, turn + 2 * math.pi, turn.clamp(min=0.0))
-            dist2 = (v * v).sum(-1)
-            turn = torch.where(mask & (dist2 > 0), turn, inf)
+            turn = torch.where(mask & (dist2 > near2), turn, inf)
             best = turn.amin(1, keepdim=True)
+            done = done | torch.isinf(best[:, 0])
             tie = turn <= best + tol
-            nxt = torch.where(tie, dist2, -1.0).argmax(1)
-            nxt_pt = p[torch.arange(n, device=p.device), nxt]
-            back = torch.isinf(best[:, 0]) | (nxt_pt == start_pt).all(-1)
-            done = done | back
-            nxt = torch.where(done, start, nxt)
-            nxt_pt = torch.where(done[:, None], start_pt, nxt_pt)
+            nxt = torch.where(done, start, torch.where(tie, dist2, -1.0).argmax(1))
+            nxt_pt = p[rows, nxt]
             step = nxt_pt - cur_pt
             heading = torch.where((step != 0).any(-1, keepdim=True), step, heading)
             cur, cur_pt = nxt, nxt_pt
@@ -317,18 +498,23 @@ def polygon_giou(
     a_valid: torch.Tensor | None = None,
     b_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exact GIoU ``(N,)`` of aligned pairs of **convex** polygons: ``IoU - (C - U) / C``.
+    """Exact GIoU ``(N,)`` in ``[-1, 1]`` of aligned pairs of **convex** polygons: ``IoU - (C - U) / C``.
 
-    ``C`` is the area of the convex hull of both vertex sets, ``U`` the area of the union. In
-    ``[-1, 1]``; pairs whose hull has zero area give 0. Either vertex order, validity as mask or count.
+    ``C`` is the area of the convex hull of both vertex sets, ``U`` the area of the union, ``IoU`` that
+    of :func:`polygon_iou` (including its rule for flat polygons). The hull contains the union, so ``C``
+    is taken as at least ``U`` (rounding of the two shoelace sums must not push GIoU above IoU). A pair
+    whose hull has zero area up to rounding (both polygons flat, on one line) has no enclosing area:
+    its GIoU is its IoU (1 for the same point set, else 0). Either vertex order, validity as mask or
+    count.
 
     >>> a = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
     >>> polygon_giou(a, a + torch.tensor([2.0, 0.0]))
     tensor([-0.3333])
     """
-    pa, ma, pb, mb = _pair(a, b, a_valid, b_valid)
-    iou, union = _iou_parts(pa, ma, pb, mb)
-    hull = _hull_area(torch.cat([pa, pb], dim=1), torch.cat([ma, mb], dim=1))
-    positive = hull > 0
-    penalty = (hull - union) / torch.where(positive, hull, hull.new_ones(()))
-    return iou - torch.where(positive, penalty, penalty.new_zeros(()))
+    pair = _local_pair(*_pair(a, b, a_valid, b_valid))
+    iou, union = _iou_parts(pair)
+    hull = _hull_area(torch.cat([pair.pa, pair.pb], dim=1), torch.cat([pair.ma, pair.mb], dim=1), pair.side)
+    flat = has_zero_area(hull, pair.side)
+    enclosing = torch.maximum(hull, union)
+    penalty = (enclosing - union) / torch.where(flat, enclosing.new_ones(()), enclosing)
+    return iou - torch.where(flat, penalty.new_zeros(()), penalty)
