@@ -120,16 +120,18 @@ RISING = [
 ]  # fmt: skip
 
 
-def test_pseudo_label_precision_rises_as_the_teacher_learns(tmp_path):
+def test_teacher_finds_more_true_pseudo_boxes_as_it_learns(tmp_path):
     build_trainer(load_config(None, [*RISING, f"out_dir={tmp_path}"])).fit()
     semi = [r for r in read_csv(tmp_path / "epochs.csv") if math.isfinite(r.get("pseudo/kept", math.nan))]
     assert [int(r["epoch"]) for r in semi] == list(range(5, 11))
 
-    def pooled(rows):  # TP / kept over the epochs, from each epoch's logged precision and count
+    def true_and_kept(rows):  # from each epoch's logged precision and count
         kept = sum(r["pseudo/kept"] for r in rows)
-        return sum(r["pseudo/precision"] * r["pseudo/kept"] for r in rows if r["pseudo/kept"] > 0) / kept
+        return sum(r["pseudo/precision"] * r["pseudo/kept"] for r in rows if r["pseudo/kept"] > 0), kept
 
-    first, later = pooled(semi[:3]), pooled(semi[3:])
-    # measured: 0.11 over epochs 5-7 (18 pseudo-boxes), 0.37 over epochs 8-10 (138)
-    assert later >= first + 0.15 and later >= 0.3, (first, later)
+    (tp_first, _), (tp_later, kept_later) = true_and_kept(semi[:3]), true_and_kept(semi[3:])
+    # measured over epochs 5-7 / 8-10, true pseudo-boxes: seed 0 5 / 54, seed 1 23 / 71, seed 2 0 / 29;
+    # pooled precision over 8-10: 0.32 / 0.37 / 0.37. The early teacher keeps only 0-49 boxes, so its
+    # precision is too noisy to rank (0.36, 0.47, none); what rises is how many true boxes it finds.
+    assert tp_later >= 2 * tp_first + 10 and tp_later / kept_later >= 0.3, (tp_first, tp_later, kept_later)
     assert semi[-1]["pseudo/recall"] > semi[0]["pseudo/recall"]
