@@ -15,7 +15,7 @@ import time
 import torch
 
 from detloss.functional.polygon import mgiou_loss
-from detloss.geometry.polygon import polygon_giou
+from detloss.ops.polygon import polygon_giou
 
 
 def random_convex(n: int, k: int, generator: torch.Generator) -> torch.Tensor:

@@ -4,9 +4,9 @@ from detloss.criteria.dense import BackgroundPenalty, DenseCriterion
 from detloss.criteria.multigrid import MultigridCriterion
 from detloss.criteria.roi import ROICriterion
 from detloss.criteria.rpn import RPNCriterion
-from detloss.normalize import NORMALIZERS, Normalizer
-from detloss.report import LossReport, Term, make_term
-from detloss.schedule import WarmupSchedule
+from detloss.core.normalize import NORMALIZERS, Normalizer
+from detloss.core.report import LossReport, Term, make_term
+from detloss.weighting.schedule import WarmupSchedule
 
 __version__ = "0.1.0"
 

@@ -26,7 +26,7 @@ import torch
 
 from detloss.criteria.dense import CLS_LOSSES, POLYGON_LOSSES, BackgroundPenalty, DenseCriterion
 from detloss.data.synthetic import random_feats, random_targets
-from detloss.report import LossReport
+from detloss.core.report import LossReport
 
 
 def _pairs(items: Sequence[str], kind: type, what: str) -> dict:

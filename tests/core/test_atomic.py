@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from detloss._atomic import atomic_write
+from detloss.core.atomic import atomic_write
 
 
 def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detloss.normalize import Normalizer, denominators
-from detloss.report import make_term
+from detloss.core.normalize import Normalizer, denominators
+from detloss.core.report import make_term
 from detloss.testing import ddp_and_single_gradients
 
 SPECS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detloss.normalize import NORMALIZERS, Normalizer, build_normalizers, denominators
+from detloss.core.normalize import NORMALIZERS, Normalizer, build_normalizers, denominators
 
 COUNTS = {
     "num_elements": torch.tensor(67200.0),

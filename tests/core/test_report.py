@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from detloss.debug import NonFiniteLossError, set_debug_nan
-from detloss.report import LossReport, make_term
+from detloss.core.debug import NonFiniteLossError, set_debug_nan
+from detloss.core.report import LossReport, make_term
 
 
 def test_term_is_weight_times_weighted_sum_over_normalizer():

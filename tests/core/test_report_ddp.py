@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from detloss.report import LossReport, make_term
+from detloss.core.report import LossReport, make_term
 from detloss.testing import spawn_gloo
 
 #: Rank 0 and rank 1 of one batch. box: raw sums 1 + 2 = 3 and 5, num_pos 1 and 3, global D = 4 positives;

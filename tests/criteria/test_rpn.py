@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from detloss.assign.box_coder import decode_deltas, encode_deltas
+from detloss.ops.box_coder import decode_deltas, encode_deltas
 from detloss.criteria.rpn import RPNCriterion
 
 # Image 0: GT 0 overlaps anchor 0 (IoU 90/110) and GT 1 anchor 3 (IoU 100/110): 2 positives, 2 negatives.

@@ -15,8 +15,8 @@ import torch
 import detloss.criteria.dense as dense
 from detloss.cli import main
 from detloss.criteria.dense import DenseCriterion
-from detloss.debug import NonFiniteLossError, debug_nan, debug_nan_enabled, locate_nonfinite, set_debug_nan
-from detloss.report import make_term
+from detloss.core.debug import NonFiniteLossError, debug_nan, debug_nan_enabled, locate_nonfinite, set_debug_nan
+from detloss.core.report import make_term
 from detloss.testing.tiny import TINY_RUN
 
 HERE = Path(__file__).resolve()

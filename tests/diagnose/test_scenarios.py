@@ -28,7 +28,7 @@ import torch
 from detloss.diagnose import check_dead, gradient_accounting
 from detloss.diagnose.doctor import read_run
 from detloss.functional import mgiou_loss
-from detloss.report import LossReport, make_term
+from detloss.core.report import LossReport, make_term
 from detloss.testing.tiny import TINY_RUN
 from detloss.train.config import load_config
 from detloss.train.trainer import Trainer

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detloss.functional.polygon import convexity_penalty, mgiou, mgiou_loss, sort_by_angle
-from detloss.geometry import polygon_iou, signed_polygon_area
+from detloss.ops import polygon_iou, signed_polygon_area
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

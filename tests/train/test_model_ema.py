@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from detloss.train.ema import ModelEMA
+from detloss.models.ema import ModelEMA
 
 
 class Scalar(nn.Module):

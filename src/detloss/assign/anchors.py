@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from detloss._checks import check_same, check_trailing
+from detloss.core.checks import check_same, check_trailing
 
 __all__ = ["bbox2dist", "dist2bbox", "make_anchors"]
 

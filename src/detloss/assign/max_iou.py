@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from detloss._checks import check_tensor
-from detloss.evaluate.nms import box_iou_matrix
+from detloss.core.checks import check_tensor
+from detloss.ops.nms import box_iou_matrix
 
 __all__ = ["MaxIoUAssigner", "MaxIoUAssignment", "box_iou_matrix"]
 

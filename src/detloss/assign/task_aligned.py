@@ -87,7 +87,7 @@ from typing import Literal
 
 import torch
 
-from detloss._checks import check_same, check_tensor
+from detloss.core.checks import check_same, check_tensor
 from detloss.functional.iou import box_ciou
 
 __all__ = [

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from detloss.assign.anchors import bbox2dist, dist2bbox, make_anchors
 from detloss.assign.task_aligned import TaskAlignedAssigner, ultralytics_min_candidate_size
-from detloss.criteria.head_outputs import HeadOutputs, check_level_sizes
+from detloss.ops.head_layout import HeadOutputs, check_level_sizes
 from detloss.criteria.targets import pad_targets
 from detloss.criteria.terms import TermCriterion
 from detloss.functional import classification as cls_losses
@@ -21,9 +21,9 @@ from detloss.functional.iou import iou_loss
 from detloss.functional.polygon import mgiou_loss
 from detloss.functional.regression import l1, mse
 from detloss.functional.sparse_bce import bce_with_sparse_targets
-from detloss.normalize import denominators
-from detloss.report import LossReport
-from detloss.schedule import WarmupSchedule
+from detloss.core.normalize import denominators
+from detloss.core.report import LossReport
+from detloss.weighting.schedule import WarmupSchedule
 
 CLS_LOSSES = {
     "bce": cls_losses.bce_with_logits,
@@ -112,7 +112,7 @@ class DenseCriterion(TermCriterion):
             candidate selection, and ``total = (box + cls + dfl) * batch_size``). Explicit arguments
             still override the preset.
         weights: term gains, e.g. ``{"box": 7.5, "cls": 0.5, "dfl": 1.5}``; see :data:`DEFAULT_WEIGHTS`.
-        normalizers: term -> normalizer name (any of :data:`detloss.normalize.NORMALIZERS`).
+        normalizers: term -> normalizer name (any of :data:`detloss.core.normalize.NORMALIZERS`).
         cls_loss: ``"bce"``, ``"focal"``, ``"varifocal"`` or ``"quality_focal"``; ``cls_loss_args`` its kwargs.
         class_weights: optional ``(C,)`` per-class weights of the classification elements.
         box_loss: ``"ciou"``, ``"diou"``, ``"giou"`` or ``"iou"``.

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detloss._checks import check_tensor
+from detloss.core.checks import check_tensor
 from detloss.criteria.target_checks import check_grid_targets
 from detloss.criteria.terms import TermCriterion
 from detloss.functional.classification import bce_with_logits, softmax_cross_entropy
 from detloss.functional.regression import l1, mse, smooth_l1
-from detloss.normalize import denominators
-from detloss.report import LossReport
+from detloss.core.normalize import denominators
+from detloss.core.report import LossReport
 
 __all__ = ["DEFAULT_NORMALIZERS", "DEFAULT_WEIGHTS", "MultigridCriterion"]
 

@@ -25,16 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detloss._checks import check_tensor
-from detloss.assign.box_coder import encode_deltas
+from detloss.core.checks import check_tensor
+from detloss.ops.box_coder import encode_deltas
 from detloss.assign.max_iou import MaxIoUAssigner
 from detloss.assign.sampler import RandomSampler, hashed_keys, image_keys, rank_in_bucket
 from detloss.criteria.target_checks import check_roi_targets
 from detloss.criteria.terms import TermCriterion
 from detloss.functional.classification import bce_with_logits, softmax_cross_entropy
 from detloss.functional.regression import smooth_l1
-from detloss.normalize import denominators
-from detloss.report import LossReport
+from detloss.core.normalize import denominators
+from detloss.core.report import LossReport
 
 __all__ = [
     "DEFAULT_NORMALIZERS",

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from detloss._checks import check_tensor
-from detloss.assign.box_coder import decode_deltas, encode_deltas
+from detloss.core.checks import check_tensor
+from detloss.ops.box_coder import decode_deltas, encode_deltas
 from detloss.assign.max_iou import MaxIoUAssigner
 from detloss.assign.sampler import RandomSampler, hashed_keys, image_keys
 from detloss.criteria.target_checks import check_gt_boxes
@@ -21,8 +21,8 @@ from detloss.criteria.terms import TermCriterion
 from detloss.functional.classification import bce_with_logits
 from detloss.functional.iou import iou_loss
 from detloss.functional.regression import smooth_l1
-from detloss.normalize import denominators
-from detloss.report import LossReport
+from detloss.core.normalize import denominators
+from detloss.core.report import LossReport
 
 __all__ = ["DEFAULT_NORMALIZERS", "DEFAULT_WEIGHTS", "RPNCriterion", "RPNTargets"]
 
@@ -88,7 +88,7 @@ class RPNCriterion(TermCriterion):
 
     Args:
         weights: term gains, e.g. ``{"obj": 1.0, "box": 1.0}``.
-        normalizers: term -> normalizer name (:data:`detloss.normalize.NORMALIZERS`).
+        normalizers: term -> normalizer name (:data:`detloss.core.normalize.NORMALIZERS`).
         pos_weight: weight of the positive part of the objectness BCE.
         box_loss: ``"smooth_l1"``, ``"l1"`` or ``"giou"``.
         beta: smooth-L1 transition (mmdet's RPN: ``1/9``).

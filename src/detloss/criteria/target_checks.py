@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from detloss._checks import check_tensor
+from detloss.core.checks import check_tensor
 
 
 class ValueChecks:

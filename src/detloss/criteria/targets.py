@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from detloss._checks import check_tensor
+from detloss.core.checks import check_tensor
 from detloss.criteria.target_checks import ValueChecks
 
 

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping
 
 from torch import Tensor, nn
 
-from detloss.normalize import build_normalizers
-from detloss.report import Term, make_term
+from detloss.core.normalize import build_normalizers
+from detloss.core.report import Term, make_term
 
 
 class TermCriterion(nn.Module):

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from detloss.criteria.roi import ROICriterion
 from detloss.criteria.rpn import RPNCriterion
-from detloss.report import LossReport
+from detloss.core.report import LossReport
 
 __all__ = ["TwoStageCriterion"]
 

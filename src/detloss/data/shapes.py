@@ -32,7 +32,7 @@ Ground truth, per image with ``n`` objects (``1 <= n <= max_objects``):
 * **Vertex order**: the shoelace signed area ``sum(x_i * y_{i+1} - x_{i+1} * y_i) / 2`` of the raw pixel
   coordinates is positive, i.e. counter-clockwise in a y-up frame, which is **clockwise as drawn** in
   image coordinates (x right, y down) -- the convention of
-  :func:`detloss.geometry.signed_polygon_area` and :func:`detloss.data.synthetic.random_targets`.
+  :func:`detloss.ops.signed_polygon_area` and :func:`detloss.data.synthetic.random_targets`.
 * ``boxes (n, 4)`` float32 pixel ``xyxy``: the bounds of the (clipped) polygon.
 * ``masks (H, W)`` int64 instance mask: 0 background, ``i + 1`` where object ``i`` is visible. Objects
   are painted in order, later over earlier, so a mask can be smaller than its polygon (occlusion); the

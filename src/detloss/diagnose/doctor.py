@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from detloss.debug import NonFiniteOp
+from detloss.core.debug import NonFiniteOp
 from detloss.diagnose.findings import (
     Finding,
     check_dead,
@@ -40,7 +40,7 @@ from detloss.diagnose.gradients import (
     gradient_accounting,
     polygon_axis_saturation,
 )
-from detloss.report import LossReport
+from detloss.core.report import LossReport
 
 __all__ = [
     "Doctor",
@@ -491,7 +491,7 @@ def run_doctor(cfg, steps: int = 50, every: int | None = None, evaluate: bool = 
     (replacing earlier doctor files there). The learning-rate schedule is the full run's. Stops at the
     first step with a non-finite loss (or, under ``DETLOSS_DEBUG_NAN=1``, the first failing term: that
     step, which raised before the optimizer step, then runs once more under
-    :func:`~detloss.debug.locate_nonfinite`, so the ``NONFINITE`` finding names the operation that made
+    :func:`~detloss.core.debug.locate_nonfinite`, so the ``NONFINITE`` finding names the operation that made
     the value, or the gradient's backward operation and the forward line it differentiates). With
     ``evaluate``, the model is evaluated after the steps (``epoch_rows``, shown in the summary) and the
     report on a few validation batches gives the validation normalizers (``NORMALIZER_SKEW``).
@@ -501,7 +501,7 @@ def run_doctor(cfg, steps: int = 50, every: int | None = None, evaluate: bool = 
     peak (on the shapes run they fall from about 2 per image at initialization to about 0.03 after 50
     warm-up steps, while the classifier first learns "background" everywhere, as every detector does).
     """
-    from detloss.debug import NonFiniteLossError
+    from detloss.core.debug import NonFiniteLossError
     from detloss.train.config import DoctorConfig
     from detloss.train.logs import CsvLog
     from detloss.train.trainer import build_trainer
@@ -554,10 +554,10 @@ def run_doctor(cfg, steps: int = 50, every: int | None = None, evaluate: bool = 
 
 
 def _locate(trainer, images, targets, err) -> tuple[NonFiniteOp | None, bool]:
-    """Run the step that raised ``err`` again under :func:`~detloss.debug.locate_nonfinite` (the model
+    """Run the step that raised ``err`` again under :func:`~detloss.core.debug.locate_nonfinite` (the model
     has not been updated: the error comes from the forward, before the optimizer step) to name the
     operation. Returns it (or ``None``) and whether the step failed again the same way."""
-    from detloss.debug import NonFiniteLossError, locate_nonfinite
+    from detloss.core.debug import NonFiniteLossError, locate_nonfinite
 
     op, again = locate_nonfinite(lambda: trainer.train_step(images, targets), err.where)
     same = isinstance(again, NonFiniteLossError) and (again.term, again.where) == (err.term, err.where)
@@ -565,7 +565,7 @@ def _locate(trainer, images, targets, err) -> tuple[NonFiniteOp | None, bool]:
 
 
 def _debug_finding(step: int, err, op: NonFiniteOp | None = None, reproduced: bool = True) -> Finding:
-    """``NONFINITE`` from a :class:`~detloss.debug.NonFiniteLossError`, naming the operation ``op`` when
+    """``NONFINITE`` from a :class:`~detloss.core.debug.NonFiniteLossError`, naming the operation ``op`` when
     :func:`_locate` found it."""
     message = f"first non-finite {err.where} at step {step} in term {err.term!r} (raised by DETLOSS_DEBUG_NAN)."
     numbers = {"step": float(step)}

@@ -1,7 +1,7 @@
 """Health findings: pure checks over measured data, each with a code, the numbers and a concrete fix.
 
 Every check takes measurements (a :class:`~detloss.diagnose.gradients.GradientAccount`, or rows of
-flat numbers such as :meth:`LossReport.as_dict() <detloss.report.LossReport.as_dict>` or the rows of
+flat numbers such as :meth:`LossReport.as_dict() <detloss.core.report.LossReport.as_dict>` or the rows of
 ``steps.csv`` / ``epochs.csv`` read by :func:`detloss.train.logs.read_csv`) and returns a list of
 :class:`Finding` (empty when healthy). Terms are found in flat rows as the keys ``name`` that have a
 ``name/normalizer`` companion, so prefixed rows (``train/box``, ``val/box``) work too.

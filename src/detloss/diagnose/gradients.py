@@ -1,6 +1,6 @@
 """Gradient accounting: how much of the gradient each loss term contributes, and how much it kills.
 
-For every term of a :class:`~detloss.report.LossReport` the gradient of that term alone is taken
+For every term of a :class:`~detloss.core.report.LossReport` the gradient of that term alone is taken
 with respect to a shared set of tensors ``wrt`` (by default one would pass the head outputs
 ``feats``; any parameter list works) with one ``torch.autograd.grad`` call per term and the graph
 retained. **Cost**: about one backward pass per term (3-5 terms: 3-5 backwards of the loss graph
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from detloss.report import LossReport
+from detloss.core.report import LossReport
 
 __all__ = [
     "AXIS_GIOU_GROUPS",
@@ -252,7 +252,7 @@ def gradient_accounting(
 
     Example:
         >>> x = torch.tensor([3.0, 4.0], requires_grad=True)
-        >>> from detloss.report import make_term
+        >>> from detloss.core.report import make_term
         >>> one = torch.ones(())
         >>> report = LossReport({"a": make_term("a", 2 * x[0], one, "sum"), "b": make_term("b", x[1], one, "sum")})
         >>> acc = gradient_accounting(report, [x])

@@ -3,7 +3,7 @@
 :func:`box_map` reproduces ``COCOeval`` with ``iouType="bbox"`` (area range ``"all"`` by default,
 ``maxDets=100``, no crowd annotations) to floating-point rounding; :func:`polygon_map` runs the same
 matching and accumulation with the **exact** IoU of convex polygons
-(:func:`detloss.geometry.polygon_iou`). COCO's ``segm`` evaluation rasterizes polygons into masks and
+(:func:`detloss.ops.polygon_iou`). COCO's ``segm`` evaluation rasterizes polygons into masks and
 compares pixels, so its numbers differ from :func:`polygon_map` by the rasterization error; for
 axis-aligned rectangles :func:`polygon_map` equals :func:`box_map`.
 
@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from detloss.geometry.polygon import polygon_area, polygon_iou
+from detloss.ops.polygon import polygon_area, polygon_iou
 
 __all__ = ["IoUProvider", "box_map", "coco_ap", "coco_thresholds", "polygon_map"]
 
@@ -365,8 +365,8 @@ def polygon_map(
     """COCO-style AP of convex polygons, matched by their **exact** IoU.
 
     The matching and accumulation are :func:`box_map`'s (pycocotools' rules); only the overlap
-    differs: :func:`detloss.geometry.polygon_iou` in float64 on every prediction x ground-truth pair of
-    a class within an image, and areas from :func:`detloss.geometry.polygon_area` (for
+    differs: :func:`detloss.ops.polygon_iou` in float64 on every prediction x ground-truth pair of
+    a class within an image, and areas from :func:`detloss.ops.polygon_area` (for
     ``area_range``). COCO's ``segm`` evaluation instead rasterizes polygons to masks, so it differs
     by the rasterization error. Exact for convex polygons only.
 

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 import torch
 
-from detloss._checks import check_tensor
+from detloss.core.checks import check_tensor
 from detloss.assign.anchors import dist2bbox, make_anchors
-from detloss.evaluate.nms import batched_nms
+from detloss.ops.nms import batched_nms
 
 __all__ = ["decode_dense"]
 

@@ -1,4 +1,4 @@
-"""Pure element losses: each returns per-element values; the one reduction is :func:`detloss.report.make_term`."""
+"""Pure element losses: each returns per-element values; the one reduction is :func:`detloss.core.report.make_term`."""
 
 from detloss.functional.background import focal_background, max_score_penalty
 from detloss.functional.classification import (

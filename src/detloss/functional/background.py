@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from detloss._checks import as_float32, check_tensor
+from detloss.core.checks import as_float32, check_tensor
 
 
 def _logits(logits: object, logit_clamp: float | None) -> torch.Tensor:

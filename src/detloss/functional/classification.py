@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from detloss._checks import as_float32, check_float_pair, check_same, check_tensor
+from detloss.core.checks import as_float32, check_float_pair, check_same, check_tensor
 
 __all__ = ["bce_with_logits", "quality_focal", "sigmoid_focal", "softmax_cross_entropy", "varifocal"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from detloss._checks import as_float32, check_same, check_trailing
+from detloss.core.checks import as_float32, check_same, check_trailing
 
 __all__ = ["dfl_decode", "distribution_focal"]
 

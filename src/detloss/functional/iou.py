@@ -49,7 +49,7 @@ from typing import Literal
 
 import torch
 
-from detloss._checks import check_float_pair
+from detloss.core.checks import check_float_pair
 
 __all__ = ["box_ciou", "box_diou", "box_giou", "box_iou", "iou_loss"]
 

@@ -18,10 +18,10 @@ is the enclosing interval (``U = C``), so ``GIoU = I / U = I / C``; when they ar
 :func:`_mgiou`); it is never clamped. It is a ratio of two lengths along the axis, so the axis need
 not be a unit vector: the normal of edge ``e`` is ``(-e_y, e_x)`` (normalised only when ``eps > 0``).
 
-Polygons, validity and orientation follow :mod:`detloss.geometry.polygon`: ``(N, K, 2)`` vertices,
+Polygons, validity and orientation follow :mod:`detloss.ops.polygon`: ``(N, K, 2)`` vertices,
 validity as a bool mask ``(N, K)`` or a vertex count ``(N,)`` (the first ``n`` valid; so pad at the
 end), the polygon is the valid vertices in stored order closed cyclically, and positive
-:func:`~detloss.geometry.signed_polygon_area` means counter-clockwise in a y-up frame (clockwise as
+:func:`~detloss.ops.signed_polygon_area` means counter-clockwise in a y-up frame (clockwise as
 drawn in y-down image coordinates). MGIoU itself is orientation-agnostic.
 
 **Local origin.** Both polygons of a pair are first shifted by the centre of their joint bounding box
@@ -31,7 +31,7 @@ from the origin: identical polygons give 1 at 4000 px in float32 as at the origi
 **Axes.** Edge ``i`` runs from valid vertex ``i`` to the next valid vertex. Padded vertices and
 zero-length edges (shorter than ``64 * finfo(dtype).eps`` times the polygon's longest edge, i.e.
 repeated vertices up to rounding, or with a squared length below ``finfo.tiny``) give no axis
-(:func:`~detloss.geometry.polygon.long_edges`). Parallel axes are *not* pruned: each edge is one axis.
+(:func:`~detloss.ops.polygon.long_edges`). Parallel axes are *not* pruned: each edge is one axis.
 For rotated rectangles this equals the paper's MGIoU2D exactly: there each rectangle contributes its two
 edge normals (4 axes); here it contributes 4 normals, two pairs of opposite ones, and the 1-D GIoU on
 ``-a`` equals the one on ``a`` (the projections are mirrored), so every direction is counted exactly
@@ -61,15 +61,15 @@ ops, reductions, gathers and scatters are used, which autocast does not downcast
 ``(N, A, K)`` reduction); the gradient is then applied by hand from the saved indices
 (:class:`_Extents`). It is exactly the gradient of ``torch.max(dim)`` / ``torch.min(dim)`` (first vertex
 at ties), first order only (no double backward). On CPU this is over 10x faster than the exact
-:func:`~detloss.geometry.polygon_giou` (``benchmarks/polygon.py``).
+:func:`~detloss.ops.polygon_giou` (``benchmarks/polygon.py``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from detloss._checks import as_float32, check_same, common_float
-from detloss.geometry.polygon import (
+from detloss.core.checks import as_float32, check_same, common_float
+from detloss.ops.polygon import (
     box_centre,
     box_side,
     check_polygon,
@@ -384,7 +384,7 @@ def sort_by_angle(poly: torch.Tensor, valid: torch.Tensor | None = None) -> torc
 
     Valid vertices come first, by increasing ``atan2(y - cy, x - cx)``: counter-clockwise in a y-up
     frame, so a convex (or star-shaped about its vertex centroid) polygon gets a positive
-    :func:`~detloss.geometry.signed_polygon_area`. Invalid vertices follow, in their original order;
+    :func:`~detloss.ops.signed_polygon_area`. Invalid vertices follow, in their original order;
     the validity of the result is the count ``valid.sum(1)``. The ordering is piecewise constant
     (no gradient through it); the values are gathered, so gradients reach the original vertices.
 
@@ -456,7 +456,7 @@ def mgiou_loss(
 
     * **Degenerate target** (zero area up to rounding: fewer than 3 valid vertices, all equal or
       collinear; ``|area| <= 64 * finfo(dtype).eps * side**2`` with ``side`` the larger side of its
-      bounding box, :func:`~detloss.geometry.has_zero_area`): MGIoU is meaningless there, so that
+      bounding box, :func:`~detloss.ops.has_zero_area`): MGIoU is meaningless there, so that
       pair's loss is the mean L1 distance ``|dx| + |dy|`` between corresponding vertices valid in both
       ``pred`` and ``target`` (0 if none), in the coordinates' unit. The choice is a
       :func:`torch.where` between two finite values, so neither branch leaks ``nan`` into the other.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from detloss._checks import check_float_pair
+from detloss.core.checks import check_float_pair
 
 __all__ = ["l1", "mse", "smooth_l1"]
 

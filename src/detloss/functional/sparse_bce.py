@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detloss._checks import as_float32, check_tensor
+from detloss.core.checks import as_float32, check_tensor
 
 
 class _SparseTargetBCE(torch.autograd.Function):

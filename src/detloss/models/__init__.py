@@ -1,7 +1,7 @@
 """Small detectors for the training harness."""
 
 from detloss.models.grid import TinyGrid, decode_grid, grid_targets
-from detloss.models.roi_align import roi_align
+from detloss.ops.roi_align import roi_align
 from detloss.models.tiny_yolo import TinyDetector
 from detloss.models.two_stage import TinyTwoStage
 

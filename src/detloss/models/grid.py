@@ -36,8 +36,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from detloss._checks import check_tensor
-from detloss.evaluate.nms import batched_nms
+from detloss.core.checks import check_tensor
+from detloss.ops.nms import batched_nms
 from detloss.models.tiny_yolo import Block, ConvNormAct
 
 __all__ = ["TinyGrid", "decode_grid", "grid_targets"]

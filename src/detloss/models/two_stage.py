@@ -37,9 +37,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from detloss.assign.box_coder import decode_deltas
-from detloss.evaluate.nms import batched_nms, nms
-from detloss.models.roi_align import roi_align
+from detloss.ops.box_coder import decode_deltas
+from detloss.ops.nms import batched_nms, nms
+from detloss.ops.roi_align import roi_align
 from detloss.models.tiny_yolo import Block, ConvNormAct
 
 __all__ = ["ROI_STDS", "RPN_STDS", "TinyTwoStage"]

@@ -28,9 +28,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from detloss._checks import as_float32, check_tensor
+from detloss.core.checks import as_float32, check_tensor
 from detloss.evaluate.decode import decode_dense
-from detloss.normalize import global_sums, world_size
+from detloss.core.normalize import global_sums, world_size
 
 __all__ = [
     "FILTER_KINDS",

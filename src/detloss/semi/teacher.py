@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from detloss.train.ema import ModelEMA
+from detloss.models.ema import ModelEMA
 
 
 class EMATeacher(ModelEMA):

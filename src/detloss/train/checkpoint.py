@@ -10,7 +10,7 @@ from typing import Any
 import pydantic
 import torch
 
-from detloss._atomic import atomic_write
+from detloss.core.atomic import atomic_write
 from detloss.train.config import TrainConfig
 
 __all__ = ["RESUMABLE_FIELDS", "CheckpointError", "config_differences", "load_part", "read_resume", "save_checkpoint"]
@@ -29,7 +29,7 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
-    """``torch.save`` through :func:`~detloss._atomic.atomic_write`: a crash keeps the previous file."""
+    """``torch.save`` through :func:`~detloss.core.atomic.atomic_write`: a crash keeps the previous file."""
     with atomic_write(path, "wb") as f:
         torch.save(dict(state), f)
 

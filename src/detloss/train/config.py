@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from detloss._atomic import atomic_write
-from detloss.normalize import Normalizer
+from detloss.core.atomic import atomic_write
+from detloss.core.normalize import Normalizer
 
 
 def _check_normalizers(value: dict[str, str]) -> dict[str, str]:
@@ -18,7 +18,7 @@ def _check_normalizers(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
-#: term -> normalizer name, checked against the names :mod:`detloss.normalize` knows.
+#: term -> normalizer name, checked against the names :mod:`detloss.core.normalize` knows.
 Normalizers = Annotated[dict[str, str], AfterValidator(_check_normalizers)]
 
 NonNegative = Annotated[float, Field(ge=0)]
@@ -199,7 +199,7 @@ class EvalConfig(_Strict):
 
 
 class BalanceConfig(_Strict):
-    """Automatic term weighting (:mod:`detloss.diagnose.balancers`): each balanced term's weight is its
+    """Automatic term weighting (:mod:`detloss.weighting.balancers`): each balanced term's weight is its
     ``loss.weights`` value times a multiplier the balancer sets every step (logged as ``<term>/weight``)."""
 
     kind: Literal["fixed", "uncertainty", "gradnorm", "ema_norm"] = "fixed"

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from detloss._atomic import atomic_write
+from detloss.core.atomic import atomic_write
 
 
 class CsvLog:

@@ -39,8 +39,8 @@ import torch
 from torch import Tensor
 
 from detloss.data.collate import collate
-from detloss.normalize import global_sums
-from detloss.report import LossReport
+from detloss.core.normalize import global_sums
+from detloss.core.report import LossReport
 from detloss.semi.augment import strong_photometric
 from detloss.semi.filters import build_filters, teacher_pseudo_labels
 from detloss.semi.quality import pseudo_label_quality

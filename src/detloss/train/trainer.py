@@ -14,14 +14,14 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from detloss.data.collate import collate
-from detloss.diagnose.balancers import Balancer, build_balancer
+from detloss.weighting.balancers import Balancer, build_balancer
 from detloss.diagnose.doctor import Doctor
-from detloss.report import LossReport
+from detloss.core.report import LossReport
 from detloss.train.checkpoint import load_part, read_resume, save_checkpoint
 from detloss.train.config import OptimConfig, TrainConfig, save_config
 from detloss.train.data import Subset, build_datasets, load_sample, split_labelled
 from detloss.train.distributed import DistContext, setup
-from detloss.train.ema import ModelEMA
+from detloss.models.ema import ModelEMA
 from detloss.train.evaluation import evaluate
 from detloss.train.logs import CsvLog, Progress, TensorBoard, drop_rows_after
 from detloss.train.tasks import StepOutputs, build_task
@@ -67,7 +67,7 @@ class Trainer:
     Under ``torchrun`` each rank takes its slice of every global batch of ``batch_size`` images; the
     criterion's normalizers are reduced across ranks, so the step equals one process on the whole batch.
 
-    ``config.balance`` picks a term balancer (:mod:`detloss.diagnose.balancers`) that sets the criterion's
+    ``config.balance`` picks a term balancer (:mod:`detloss.weighting.balancers`) that sets the criterion's
     weights before each forward (logged per step as ``<term>/weight``); ``config.doctor.every_steps`` runs
     gradient accounting on the head outputs every N steps on the main rank into ``doctor.csv``.
 

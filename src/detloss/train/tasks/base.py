@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from detloss.criteria.targets import pad_targets
-from detloss.report import LossReport
+from detloss.core.report import LossReport
 
 #: A context manager factory: ``torch.autocast(...)`` on CUDA with bf16, else ``nullcontext``.
 Autocast = Callable[[], AbstractContextManager]

@@ -6,9 +6,9 @@ from torch import Tensor, nn
 
 from detloss.criteria.dense import BackgroundPenalty, DenseCriterion
 from detloss.evaluate import decode_dense
-from detloss.geometry.hull import convex_hull
+from detloss.ops.hull import convex_hull
 from detloss.models import TinyDetector
-from detloss.schedule import WarmupSchedule
+from detloss.weighting.schedule import WarmupSchedule
 from detloss.train.config import BackgroundConfig, LossConfig, TrainConfig
 from detloss.train.tasks.base import Autocast, StepOutputs, Task
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from detloss._checks import check_same, check_tensor
+from detloss.core.checks import check_same, check_tensor
 
 __all__ = ["batched_nms", "box_iou_matrix", "nms"]
 

@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from detloss.debug import debug_nan_enabled, watch
-from detloss.normalize import world_size
+from detloss.core.debug import debug_nan_enabled, watch
+from detloss.core.normalize import world_size
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def make_term(
         name: term name (used by the non-finite check).
         elements: per-element losses, any shape, possibly empty; or a list of pieces whose weighted
             sums add up to the term (e.g. a dense part and a sparse correction on positives).
-        normalizer: 0-dim ``D`` (from :func:`detloss.normalize.denominators`).
+        normalizer: 0-dim ``D`` (from :func:`detloss.core.normalize.denominators`).
         normalizer_name: the normalizer's name, recorded in the report.
         weights: per-element weights broadcastable to ``elements`` (soft targets, masks, class weights);
             with pieces, it applies to the first piece.

@@ -9,7 +9,7 @@ import pytest
 import torch
 from shapely.geometry import MultiPoint
 
-from detloss.geometry import (
+from detloss.ops import (
     next_valid_index,
     polygon_area,
     polygon_giou,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detloss import LossReport, make_term
-from detloss.diagnose.balancers import (
+from detloss.weighting.balancers import (
     Balancer,
     EmaNormBalancer,
     GradNormBalancer,

@@ -52,7 +52,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from detloss.report import LossReport
+from detloss.core.report import LossReport
 
 __all__ = [
     "BALANCERS",

@@ -9,7 +9,7 @@ from math import ceil, floor
 import torch
 from torch import Tensor
 
-from detloss._checks import check_tensor
+from detloss.core.checks import check_tensor
 
 
 @dataclass(frozen=True)

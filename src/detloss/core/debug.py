@@ -92,7 +92,7 @@ def watch(term: str, value: Tensor, wrt: Tensor) -> None:
 # -- naming the operation ------------------------------------------------------------------------
 
 _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
-_DETLOSS_DIR = str(Path(__file__).resolve().parent)
+_DETLOSS_DIR = str(Path(__file__).resolve().parent.parent)  # the package root, above core/
 _THIS_FILE = str(Path(__file__).resolve())
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
 

@@ -1,6 +1,6 @@
-"""Exact geometry: convex polygon area, clipping, IoU and GIoU (for metrics and comparison)."""
+"""Operations losses, assigners and metrics share: exact polygon geometry and hulls, NMS, ROI Align, box coders, the dense head layout."""
 
-from detloss.geometry.polygon import (
+from detloss.ops.polygon import (
     has_zero_area,
     next_valid_index,
     polygon_area,

@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 import torch
 
-from detloss._checks import as_float32, check_same, check_tensor, common_float
+from detloss.core.checks import as_float32, check_same, check_tensor, common_float
 
 __all__ = [
     "has_zero_area",

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detloss._checks import check_same, check_tensor
+from detloss.core.checks import check_same, check_tensor
 
 __all__ = ["roi_align"]
 

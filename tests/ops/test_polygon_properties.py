@@ -11,8 +11,8 @@ import torch
 from hypothesis import given
 from polygon_strategies import CONVEX, PROPERTY, Pairs, for_shapely, pixel_polygons, polygon_pairs
 
-from detloss.geometry import polygon_area, polygon_giou, polygon_iou
-from detloss.geometry.hull import convex_hull
+from detloss.ops import polygon_area, polygon_giou, polygon_iou
+from detloss.ops.hull import convex_hull
 
 shapely = pytest.importorskip("shapely")
 from shapely.geometry import MultiPoint  # noqa: E402

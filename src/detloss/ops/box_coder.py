@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from detloss._checks import check_float_pair, check_trailing, common_float
+from detloss.core.checks import check_float_pair, check_trailing, common_float
 
 __all__ = ["decode_deltas", "encode_deltas"]
 

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detloss.geometry import polygon_area, signed_polygon_area
-from detloss.geometry.hull import convex_hull
+from detloss.ops import polygon_area, signed_polygon_area
+from detloss.ops.hull import convex_hull
 
 shapely = pytest.importorskip("shapely")
 from shapely.geometry import MultiPoint  # noqa: E402

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detloss._checks import check_tensor
-from detloss.geometry.polygon import box_centre, box_side, vertex_bounds
+from detloss.core.checks import check_tensor
+from detloss.ops.polygon import box_centre, box_side, vertex_bounds
 
 
 def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -24,7 +24,7 @@ def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Te
 
     Returns:
         ``hull (N, K, 2)`` with the hull vertices first, sorted by angle about their centroid
-        (positive shoelace area, as :func:`detloss.geometry.signed_polygon_area` defines it), then
+        (positive shoelace area, as :func:`detloss.ops.signed_polygon_area` defines it), then
         zero padding; and ``mask (N, K)`` marking them. Collinear or coincident sets give fewer
         than 3 vertices.
 

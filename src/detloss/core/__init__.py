@@ -1,0 +1,7 @@
+"""The core every layer builds on: terms and reports, named normalizers and their one all-reduce,
+input checks and the non-finite debugger. Imports nothing else from detloss."""
+
+from detloss.core.normalize import NORMALIZERS, Normalizer, denominators
+from detloss.core.report import LossReport, Term, make_term
+
+__all__ = ["NORMALIZERS", "LossReport", "Normalizer", "Term", "denominators", "make_term"]
