@@ -117,7 +117,7 @@ def test_attach_to_a_model_replaces_its_criterion_and_bad_targets_raise():
     model = _model()
     assert attach(model, normalizers={"cls": "num_pos"}) is None
     assert isinstance(model.criterion, DetectionLoss)
-    assert model.criterion.criterion.normalizers["cls"] == "num_pos"
+    assert model.criterion.criterion.normalizers["cls"].spec == "num_pos"
     with pytest.raises(ValueError, match="model must be an ultralytics DetectionModel"):
         DetectionLoss(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="doctor_every"):
