@@ -1,4 +1,4 @@
-"""Loss results: one :class:`Term` per named loss term, gathered in a :class:`LossReport`."""
+"""Loss results: one :class:`TermRecord` per named loss term, gathered in a :class:`LossReport`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from detloss.core.normalize import world_size
 
 
 @dataclass(frozen=True)
-class Term:
+class TermRecord:
     """One term ``value = weight * raw_sum / normalizer``.
 
     Attributes:
@@ -49,7 +49,7 @@ def make_term(
     num_pos: Tensor | float | None = None,
     anchor: Tensor | None = None,
     num_elements: int | None = None,
-) -> Term:
+) -> TermRecord:
     """The one reduction every loss shares: ``weight * sum(weights * elements) / normalizer``.
 
     Args:
@@ -81,7 +81,7 @@ def make_term(
     if debug_nan_enabled():
         watch(name, value, anchor if anchor is not None else pieces[0])
     device = value.device
-    return Term(
+    return TermRecord(
         value=value,
         raw_sum=raw.detach(),
         normalizer=normalizer.detach(),
@@ -92,7 +92,7 @@ def make_term(
     )
 
 
-class LossReport(Mapping[str, Term]):
+class LossReport(Mapping[str, TermRecord]):
     """Terms in a fixed order, their ``total`` and a flat dict for loggers.
 
     ``total = scale * sum(term values)``; ``scale`` is 1 except in compatibility presets (the
@@ -109,13 +109,13 @@ class LossReport(Mapping[str, Term]):
         (0.75, 2.0, 3.0)
     """
 
-    def __init__(self, terms: Mapping[str, Term], scale: float = 1.0) -> None:
+    def __init__(self, terms: Mapping[str, TermRecord], scale: float = 1.0) -> None:
         if not terms:
             raise ValueError("a LossReport needs at least one term")
         self._terms = dict(terms)
         self.scale = scale
 
-    def __getitem__(self, key: str) -> Term:
+    def __getitem__(self, key: str) -> TermRecord:
         return self._terms[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -143,7 +143,7 @@ class LossReport(Mapping[str, Term]):
             keys.append(f"{prefix}{name}")
             values.append(term.value.detach())
             averaged.append(True)
-            for field in Term.FIELDS:
+            for field in TermRecord.FIELDS:
                 keys.append(f"{prefix}{name}/{field}")
                 values.append(torch.as_tensor(getattr(term, field), dtype=torch.float32).detach())
                 averaged.append(field == "weight")
