@@ -22,10 +22,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import torch
 
 from detloss.criteria.dense import CLS_LOSSES, POLYGON_LOSSES, BackgroundPenalty, DenseCriterion
 from detloss.data.synthetic import random_feats, random_targets
+from detloss.diagnose.gradients import term_grad_norms
 from detloss.core.report import LossReport
 
 
@@ -101,10 +101,7 @@ def demo(args: argparse.Namespace) -> tuple[LossReport, dict[str, float]]:
     feats = random_feats(args.batch, crit.num_channels, args.image_size, strides, seed=args.seed)
     targets = random_targets(args.batch, args.classes, args.objects, num_vertices=args.polygons, seed=args.seed)
     report = crit(feats, targets)
-    norms = {}
-    for name, term in report.items():
-        grads = torch.autograd.grad(term.value, feats, retain_graph=True, allow_unused=True)
-        norms[name] = float(torch.sqrt(sum((g.pow(2).sum() for g in grads if g is not None), torch.tensor(0.0))))
+    norms = dict(zip(report, term_grad_norms(report, feats).tolist(), strict=True))
     return report, norms
 
 
