@@ -135,7 +135,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"\nrun folder: {trainer.out}")
         print(metrics_table(metrics))
         if config.doctor is not None:
-            from detloss.diagnose.doctor import read_run
+            from detloss.train.doctor import read_run
 
             print("\n" + read_run(trainer.out, config.doctor).summary())
     return 0
@@ -145,7 +145,7 @@ def doctor(args: argparse.Namespace) -> int:
     """``detloss doctor``: exit code 1 if a finding is an error, else 0."""
     from pathlib import Path
 
-    from detloss.diagnose.doctor import read_run, run_doctor
+    from detloss.train.doctor import read_run, run_doctor
     from detloss.train.config import load_config
 
     if args.run is not None:

@@ -68,7 +68,9 @@ def test_dominance_recommends_report_000_weights_with_the_arithmetic():
     assert f.numbers["poly/weight"] == pytest.approx(516.796875)
     for text in ("cls 4.41 vs poly 0.064", "ratio 68.9", "0.5 × 0.064/4.41 = 0.00726", "7.5 × 4.41/0.064 = 517"):
         assert text in f.message, text
-    assert "poly=517" in f.fix and "0.00726" in f.fix
+    # in the loss's own terms: the factor 4.41 / 0.064 = 68.9 on poly's weight, or on cls's normalizer
+    assert "raise the weight of poly ×68.9 (7.5 → 517)" in f.fix and "0.00726" in f.fix
+    assert "change cls's normalizer to one 68.9× larger" in f.fix
 
 
 def test_dominance_with_a_target_ratio_and_several_terms():
@@ -219,7 +221,7 @@ def test_plateau_flags_the_flat_term_while_another_decreases():
     (f,) = check_plateau(rows)
     assert f.code == "PLATEAU" and f.term == "poly"
     assert abs(f.numbers["relative_change"]) < 0.05 and f.numbers["box/relative_change"] < -0.4
-    assert "optim.polygon_lr" in f.fix
+    assert "its own learning rate" in f.fix
     # everything flat: no single term to blame
     flat = [_row(i, box=1.0 + a, poly=0.68 + b) for i, (a, b) in enumerate(zip(_noise(n, 0.01), poly, strict=True))]
     assert check_plateau(flat) == []

@@ -26,7 +26,7 @@ import math
 import torch
 
 from detloss.diagnose import check_dead, gradient_accounting
-from detloss.diagnose.doctor import read_run
+from detloss.train.doctor import read_run
 from detloss.functional import mgiou_loss
 from detloss.core.report import LossReport, make_term
 from detloss.testing.tiny import TINY_RUN

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from detloss.diagnose.doctor import read_run, recommended_overrides, run_doctor
+from detloss.train.doctor import read_run, recommended_overrides, run_doctor
 from detloss.testing.tiny import TINY_RUN
 from detloss.train.config import load_config
 from detloss.train.logs import read_csv

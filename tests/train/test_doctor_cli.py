@@ -9,8 +9,9 @@ import pytest
 
 from detloss.cli import main
 from detloss.criteria.dense import DenseCriterion
-from detloss.diagnose.doctor import Doctor, read_measurements
+from detloss.diagnose.doctor import Doctor
 from detloss.testing.tiny import TINY_RUN
+from detloss.train.doctor import read_measurements
 
 TINY = [*TINY_RUN]
 TERMS = ("box", "cls", "dfl", "poly")
