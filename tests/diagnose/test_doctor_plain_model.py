@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from detloss.core.report import LossReport
-from detloss.diagnose.doctor import Doctor
+from detloss.diagnose.doctor import Doctor, Measurement
 
 X = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
 
@@ -72,6 +72,13 @@ def test_observe_takes_a_report_tensors_or_parameters_and_records_the_losses():
     one = doctor.observe(4, report, wrt=model.box.weight).account
     assert one.norms == pytest.approx({"box": math.sqrt(1300.0), "cls": 0.0}, rel=1e-6)
     assert doctor.observe(5, {"box": losses["box"]}) is None  # losses only
+    rows = []
+    Doctor(sink=rows.append).observe(6, losses, wrt=model)
+    (row,) = rows
+    assert row["box/grad_norm"] == pytest.approx(math.sqrt(1400.0), rel=1e-6)
+    assert math.isnan(row["box/normalizer"])  # a wrapped value's D is unknown, not 1
+    back = Measurement.from_row(row)
+    assert back.step == 6 and back.account.norms == pytest.approx({"box": math.sqrt(1400.0), "cls": math.sqrt(3.5)})
     assert [r["step"] for r in doctor.rows] == [3, 4, 5]
     assert doctor.rows[0]["box"] == pytest.approx(float(losses["box"].detach()))
     assert [m.step for m in doctor.measurements] == [3, 4]

@@ -324,7 +324,7 @@ class Doctor:
                     Finding(
                         "NONFINITE",
                         "error",
-                        f"the gradient of {t} w.r.t. the head outputs is non-finite (norm {m.account.norms[t]}).",
+                        f"the gradient of {t} w.r.t. the measured tensors is non-finite (norm {m.account.norms[t]}).",
                         {t: m.account.norms[t]},
                         "rerun with DETLOSS_DEBUG_NAN=1 to name the operation; check the term's inputs for "
                         "degenerate geometry (sqrt/division at 0) at this step",
