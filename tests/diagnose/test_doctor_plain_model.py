@@ -98,6 +98,7 @@ def test_observe_rejects_bad_input():
     frozen = nn.Linear(2, 1).requires_grad_(False)
     with pytest.raises(ValueError, match="has no parameter that requires grad"):
         doctor.observe(1, model(X), wrt=frozen)
+    assert doctor.rows == [] and doctor.measurements == []  # bad input records nothing
 
 
 def test_from_losses_wraps_a_loss_vector_with_names():

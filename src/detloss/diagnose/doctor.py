@@ -243,14 +243,13 @@ class Doctor:
             report = losses
         else:
             report = LossReport.from_losses(losses, normalizers)
-        self.rows.append({"step": step, **report.as_dict()})
-        if wrt is None:
-            return None
+        tensors = None if wrt is None else _wrt_tensors(wrt)
         start = time.perf_counter()
-        account = gradient_accounting(
-            report, _wrt_tensors(wrt), depends=depends, saturation_logits=saturation_logits or ()
-        )
-        return self._record(step, time.perf_counter() - start, account)
+        account = None
+        if tensors is not None:
+            account = gradient_accounting(report, tensors, depends=depends, saturation_logits=saturation_logits or ())
+        self.rows.append({"step": step, **report.as_dict()})  # after the checks: bad input records nothing
+        return None if account is None else self._record(step, time.perf_counter() - start, account)
 
     def measure(
         self, step: int, report: LossReport, feats: Sequence[Tensor], crit, targets: Mapping[str, Tensor]
