@@ -57,7 +57,7 @@ def test_finding_validates_severity_and_prints_its_fix():
 # -- GRAD_DOMINANCE -----------------------------------------------------------------------------
 
 
-def test_dominance_recommends_report_000_weights_with_the_arithmetic():
+def test_dominance_recommends_weights_with_the_arithmetic():
     acc = _account({"cls": 4.41, "poly": 0.064}, {"cls": 0.5, "poly": 7.5})
     (f,) = check_dominance(acc)
     assert f.code == "GRAD_DOMINANCE" and f.severity == "warning" and f.term == "cls"
@@ -216,7 +216,7 @@ def _noise(n: int, amplitude: float, seed: int = 0) -> list[float]:
 def test_plateau_flags_the_flat_term_while_another_decreases():
     n = 100
     box = [1.0 - 0.5 * i / n + e for i, e in enumerate(_noise(n, 0.02))]  # -50% over the window
-    poly = [0.68 + e for e in _noise(n, 0.015, seed=1)]  # report 001: oscillates around 0.68
+    poly = [0.68 + e for e in _noise(n, 0.015, seed=1)]  # a polygon loss stuck near 0.68 while box learns
     rows = [_row(i, box=b, poly=p) for i, (b, p) in enumerate(zip(box, poly, strict=True))]
     (f,) = check_plateau(rows)
     assert f.code == "PLATEAU" and f.term == "poly"
