@@ -5,7 +5,8 @@ from detloss.criteria.multigrid import MultigridCriterion
 from detloss.criteria.roi import ROICriterion
 from detloss.criteria.rpn import RPNCriterion
 from detloss.core.normalize import NORMALIZERS, Normalizer
-from detloss.core.report import LossReport, Term, make_term
+from detloss.core.report import LossReport, TermRecord, make_term
+from detloss.functional.term import Term
 from detloss.weighting.schedule import WarmupSchedule
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ __all__ = [
     "ROICriterion",
     "RPNCriterion",
     "Term",
+    "TermRecord",
     "WarmupSchedule",
     "make_term",
 ]

@@ -22,10 +22,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import torch
 
 from detloss.criteria.dense import CLS_LOSSES, POLYGON_LOSSES, BackgroundPenalty, DenseCriterion
 from detloss.data.synthetic import random_feats, random_targets
+from detloss.diagnose.gradients import term_grad_norms
 from detloss.core.report import LossReport
 
 
@@ -101,10 +101,7 @@ def demo(args: argparse.Namespace) -> tuple[LossReport, dict[str, float]]:
     feats = random_feats(args.batch, crit.num_channels, args.image_size, strides, seed=args.seed)
     targets = random_targets(args.batch, args.classes, args.objects, num_vertices=args.polygons, seed=args.seed)
     report = crit(feats, targets)
-    norms = {}
-    for name, term in report.items():
-        grads = torch.autograd.grad(term.value, feats, retain_graph=True, allow_unused=True)
-        norms[name] = float(torch.sqrt(sum((g.pow(2).sum() for g in grads if g is not None), torch.tensor(0.0))))
+    norms = dict(zip(report, term_grad_norms(report, feats).tolist(), strict=True))
     return report, norms
 
 
@@ -138,7 +135,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"\nrun folder: {trainer.out}")
         print(metrics_table(metrics))
         if config.doctor is not None:
-            from detloss.diagnose.doctor import read_run
+            from detloss.train.doctor import read_run
 
             print("\n" + read_run(trainer.out, config.doctor).summary())
     return 0
@@ -148,7 +145,7 @@ def doctor(args: argparse.Namespace) -> int:
     """``detloss doctor``: exit code 1 if a finding is an error, else 0."""
     from pathlib import Path
 
-    from detloss.diagnose.doctor import read_run, run_doctor
+    from detloss.train.doctor import read_run, run_doctor
     from detloss.train.config import load_config
 
     if args.run is not None:

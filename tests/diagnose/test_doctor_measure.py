@@ -10,9 +10,11 @@ import torch
 
 from detloss import DenseCriterion, LossReport, make_term
 from detloss.data.synthetic import random_feats, random_targets
-from detloss.diagnose.doctor import Doctor, read_measurements
+from detloss.diagnose.doctor import Doctor
 from detloss.diagnose.gradients import axis_giou_saturation, polygon_axis_saturation
 from detloss.functional.polygon import axis_giou, mgiou
+from detloss.train.doctor import read_measurements
+from detloss.train.logs import CsvLog
 
 D = 1e7  # far apart: 1-D GIoU = -(gap) / hull = -1 + O(1 / D) on every axis
 TRIANGLE = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
@@ -119,7 +121,7 @@ def _predict_the_targets(crit, feats, targets) -> list[torch.Tensor]:
 
 def test_doctor_measure_reports_per_axis_giou_saturation_of_the_polygon_branch(tmp_path):
     crit, feats, targets = _dense()
-    doctor = Doctor(path=tmp_path / "doctor.csv")
+    doctor = Doctor(sink=CsvLog(tmp_path / "doctor.csv").write)
     m = doctor.measure(1, crit(feats, targets), feats, crit, targets)
     assert set(m.account.saturated) == {"cls", "poly_axis_giou_pos", "poly_axis_giou_neg"}
     assert m.account.saturated["poly_axis_giou_pos"] == 0.0  # random offsets: no axis exact
@@ -157,7 +159,7 @@ def test_measure_outputs_on_a_two_term_toy(tmp_path):
     )
     every = torch.ones(4, dtype=torch.bool)
     logits = torch.tensor([20.0, -1.0, -16.0, 3.0])
-    doctor = Doctor(path=tmp_path / "doctor.csv")
+    doctor = Doctor(sink=CsvLog(tmp_path / "doctor.csv").write)
     m = doctor.measure_outputs(7, report, [x, y], depends={"rpn": [every, None]}, saturation_logits={"obj": logits})
     a = m.account
     assert m.step == 7 and m.seconds > 0 and doctor.measurements == [m]

@@ -1,10 +1,10 @@
-"""Scenario tests of the loss doctor (issue 6, section 5) not covered elsewhere.
+"""Scenario tests of the loss doctor not covered elsewhere.
 
 (a) GRAD_DOMINANCE is in test_gradients.py and test_doctor_cli.py, (e) the default configuration
 without an error-level finding in test_doctor_cli.py, (c) NONFINITE at step k with the term in
 test_findings.py and test_doctor_cli.py, with the operation (DETLOSS_DEBUG_NAN=1) in
-test_nonfinite_op.py. This file reproduces report 001's hard mask over padded vertices,
-(b) -> DEAD_GRADIENT, and report 004's excessive background penalty, (d) -> DETECTION_COLLAPSE, in a
+test_nonfinite_op.py. This file reproduces a hard mask over padded polygon vertices,
+(b) -> DEAD_GRADIENT, and an excessive background penalty, (d) -> DETECTION_COLLAPSE, in a
 real training run.
 
 (d): a first attempt (64 px, width 8, 32 images, 14-16 epochs, a `max`/`focal` penalty of 100-5000
@@ -26,7 +26,7 @@ import math
 import torch
 
 from detloss.diagnose import check_dead, gradient_accounting
-from detloss.diagnose.doctor import read_run
+from detloss.train.doctor import read_run
 from detloss.functional import mgiou_loss
 from detloss.core.report import LossReport, make_term
 from detloss.testing.tiny import TINY_RUN
@@ -112,7 +112,7 @@ def test_b_hard_mask_over_padded_vertices_is_dead_gradient():
     assert "mask" in findings[0].fix
 
 
-# -- (d) report 004: an excessive background penalty collapses detections --------------------------
+# -- (d) an excessive background penalty collapses detections ---------------------------------------
 
 SWITCH = 5  # epochs without the penalty; it is on for the last 2 of 7
 COLLAPSE_RUN = [

@@ -10,7 +10,9 @@ import torch
 
 from detloss import LossReport, make_term
 from detloss.diagnose import GradientAccount, check_starved, gradient_accounting
-from detloss.diagnose.doctor import Doctor, Measurement, read_measurements, recommended_overrides
+from detloss.diagnose.doctor import Doctor, Measurement
+from detloss.train.doctor import read_measurements, recommended_overrides
+from detloss.train.logs import CsvLog
 
 
 def _account(norms: dict[str, float], weights: dict[str, float], normalizers: dict[str, str] | None = None):
@@ -50,7 +52,8 @@ def test_starved_cls_gets_the_weight_and_normalizer_that_lift_it_by_hand():
         "2.02e+05 × 2.5e-05/0.08 = 63 instead of 2.016e+05 (mean)",
     ):
         assert text in f.message, text
-    assert "cls=1.6e+03" in f.fix and "about 63" in f.fix and "num_pos or target_sum" in f.fix
+    assert "raise the weight of cls ×3.2e+03 (0.5 → 1.6e+03" in f.fix and "num_pos or target_sum" in f.fix
+    assert "change cls's normalizer from 2.016e+05 (mean) to one 3.2e+03× smaller, about 63" in f.fix
 
 
 def test_the_weights_it_recommends_put_the_pair_at_the_target_and_at_the_bound():
@@ -121,7 +124,7 @@ def test_measured_account_through_doctor_csv(tmp_path):
             "cls": make_term("cls", y, torch.tensor(1600.0), "mean"),
         }
     )
-    doctor = Doctor(1, path=tmp_path / "doctor.csv")
+    doctor = Doctor(1, sink=CsvLog(tmp_path / "doctor.csv").write)
     doctor.measure_outputs(7, report, [x, y])
     for account in (doctor.measurements[0].account, read_measurements(tmp_path / "doctor.csv")[0].account):
         assert account.norms["box"] == pytest.approx(2.0) and account.norms["cls"] == pytest.approx(2.0 / 1600)

@@ -14,9 +14,10 @@ from detloss.weighting.balancers import (
     EmaNormBalancer,
     GradNormBalancer,
     UncertaintyBalancer,
+    _norms_and_losses,
     build_balancer,
-    term_grad_norms,
 )
+from detloss.diagnose.gradients import term_grad_norms
 from detloss.testing.tiny import TINY_RUN
 from detloss.train.config import load_config
 
@@ -41,8 +42,9 @@ def _grad_ratio(balancer: Balancer) -> float:
 
 def test_term_grad_norms_are_the_weighted_norms_and_unweighted_losses():
     report, x = _report(Balancer(["a", "b"]), 3.0, 0.5, base={"a": 2.0, "b": 0.5})
-    norms, losses = term_grad_norms(report, x, ["a", "b"])
+    norms, losses = _norms_and_losses(report, x, ["a", "b"])
     assert norms.tolist() == pytest.approx([20.0, 0.5])
+    assert term_grad_norms(report, x, ["b", "a"]).tolist() == pytest.approx([0.5, 20.0])
     assert losses.tolist() == pytest.approx([3.0, 0.5])  # raw_sum / normalizer: without the weight
 
 

@@ -4,7 +4,7 @@ process on the whole batch (issue 6: weights "reduced correctly across processes
 ``uncertainty``: the log-variances are outside the DDP model; the trainer averages their gradients over
 the ranks, and each rank's term value is its share of the global sum over the global normalizer times
 the world size, so the averaged gradient is the single process's. ``ema_norm``: each rank measures its own
-terms' gradient norms w.r.t. its own head outputs; :func:`term_grad_norms` sums the squared norms over the
+terms' gradient norms w.r.t. its own head outputs; the balancer sums the squared norms over the
 ranks, giving ``k`` times the single process's norms (a rank's term is scaled by ``k``), the same factor
 for every term, so the ratios, the multipliers and the weights are the single process's.
 """

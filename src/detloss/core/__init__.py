@@ -2,6 +2,6 @@
 input checks and the non-finite debugger. Imports nothing else from detloss."""
 
 from detloss.core.normalize import NORMALIZERS, Normalizer, denominators
-from detloss.core.report import LossReport, Term, make_term
+from detloss.core.report import LossReport, TermRecord, make_term
 
-__all__ = ["NORMALIZERS", "LossReport", "Normalizer", "Term", "denominators", "make_term"]
+__all__ = ["NORMALIZERS", "LossReport", "Normalizer", "TermRecord", "denominators", "make_term"]

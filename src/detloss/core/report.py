@@ -1,4 +1,4 @@
-"""Loss results: one :class:`Term` per named loss term, gathered in a :class:`LossReport`."""
+"""Loss results: one :class:`TermRecord` per named loss term, gathered in a :class:`LossReport`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from detloss.core.normalize import world_size
 
 
 @dataclass(frozen=True)
-class Term:
+class TermRecord:
     """One term ``value = weight * raw_sum / normalizer``.
 
     Attributes:
@@ -25,6 +25,8 @@ class Term:
         weight: the term's gain (a float, or a 0-dim tensor for learned balancers).
         num_elements: number of element losses summed on this rank.
         num_pos: positives this term saw on this rank.
+        wrapped: the value was reduced by other code (:meth:`LossReport.from_losses`): ``raw_sum`` is the
+            value, ``normalizer`` is recorded as 1 and its true value is unknown; the counts are NaN.
     """
 
     value: Tensor
@@ -34,6 +36,7 @@ class Term:
     weight: float | Tensor
     num_elements: Tensor
     num_pos: Tensor
+    wrapped: bool = False
 
     FIELDS = ("raw_sum", "normalizer", "weight", "num_elements", "num_pos")
 
@@ -49,7 +52,7 @@ def make_term(
     num_pos: Tensor | float | None = None,
     anchor: Tensor | None = None,
     num_elements: int | None = None,
-) -> Term:
+) -> TermRecord:
     """The one reduction every loss shares: ``weight * sum(weights * elements) / normalizer``.
 
     Args:
@@ -81,7 +84,7 @@ def make_term(
     if debug_nan_enabled():
         watch(name, value, anchor if anchor is not None else pieces[0])
     device = value.device
-    return Term(
+    return TermRecord(
         value=value,
         raw_sum=raw.detach(),
         normalizer=normalizer.detach(),
@@ -92,7 +95,7 @@ def make_term(
     )
 
 
-class LossReport(Mapping[str, Term]):
+class LossReport(Mapping[str, TermRecord]):
     """Terms in a fixed order, their ``total`` and a flat dict for loggers.
 
     ``total = scale * sum(term values)``; ``scale`` is 1 except in compatibility presets (the
@@ -109,13 +112,84 @@ class LossReport(Mapping[str, Term]):
         (0.75, 2.0, 3.0)
     """
 
-    def __init__(self, terms: Mapping[str, Term], scale: float = 1.0) -> None:
+    def __init__(self, terms: Mapping[str, TermRecord], scale: float = 1.0) -> None:
+        if not isinstance(terms, Mapping):
+            raise ValueError(f"terms must be a mapping name -> TermRecord, got {type(terms).__name__}")
         if not terms:
             raise ValueError("a LossReport needs at least one term")
         self._terms = dict(terms)
         self.scale = scale
 
-    def __getitem__(self, key: str) -> Term:
+    @classmethod
+    def from_losses(
+        cls,
+        losses: Mapping[str, Tensor] | Tensor,
+        normalizers: Mapping[str, str] | None = None,
+        *,
+        names: Sequence[str] | None = None,
+    ) -> LossReport:
+        """A report over loss values computed by any other code, for the doctor and the loggers.
+
+        Wraps torchvision's and detectron2's loss dicts (``{"loss_classifier": t, "loss_box_reg": t2, ...}``)
+        or an ultralytics loss vector with its names (``names=["box", "cls", "dfl"]``). Each value becomes
+        a term with weight 1 whose ``raw_sum`` is the value and whose normalizer is recorded as 1, named
+        by ``normalizers`` (what the other code divided by, e.g. ``"num_pos"``) or ``"unknown"``; the
+        element and positive counts are NaN (unknown). Values stay attached to their graph, so
+        ``total`` can be backpropagated and the doctor can take each term's gradient.
+
+        Args:
+            losses: term name -> 0-dim tensor; or a 1-D tensor, one loss per entry of ``names``.
+            normalizers: term name -> the name of the normalizer its value was divided by (recorded only).
+            names: the term names of a 1-D ``losses`` vector.
+
+        Example:
+            >>> box, cls = torch.tensor(0.5), torch.tensor(2.0)
+            >>> report = LossReport.from_losses({"box": box, "cls": cls}, normalizers={"cls": "target_sum"})
+            >>> float(report.total), report["cls"].normalizer_name, report["box"].normalizer_name
+            (2.5, 'target_sum', 'unknown')
+            >>> list(LossReport.from_losses(torch.tensor([0.1, 0.2, 0.3]), names=["box", "cls", "dfl"]))
+            ['box', 'cls', 'dfl']
+        """
+        if isinstance(losses, Tensor):
+            if losses.dim() != 1 or names is None or len(names) != losses.shape[0]:
+                got = "no names" if names is None else f"{len(names)} names"
+                raise ValueError(
+                    f"losses as a tensor must have shape (T,) with one name per entry in names, "
+                    f"got shape {tuple(losses.shape)} and {got}"
+                )
+            losses = dict(zip(names, losses.unbind(0), strict=True))
+        elif names is not None:
+            raise ValueError("names is for a 1-D losses tensor; a dict of losses names its terms itself")
+        if not isinstance(losses, Mapping) or not losses:
+            raise ValueError(f"losses must be a non-empty dict of 0-dim tensors, got {losses!r}")
+        normalizers = dict(normalizers or {})
+        unknown = set(normalizers) - set(losses)
+        if unknown:
+            raise ValueError(f"normalizers has terms {sorted(unknown)} that are not in losses ({list(losses)})")
+        terms = {}
+        for name, value in losses.items():
+            if not isinstance(value, Tensor) or value.dim() != 0:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"losses[{name!r}] must be a 0-dim tensor, got {got}")
+            if not value.is_floating_point():
+                raise ValueError(f"losses[{name!r}] must be a floating-point tensor, got {value.dtype}")
+            spec = normalizers.get(name, "unknown")
+            if not isinstance(spec, str):
+                raise ValueError(f"normalizers[{name!r}] must be a name (str), got {type(spec).__name__}")
+            nan = torch.full((), float("nan"), device=value.device)
+            terms[name] = TermRecord(
+                value=value,
+                raw_sum=value.detach(),
+                normalizer=torch.ones((), device=value.device),
+                normalizer_name=spec,
+                weight=1.0,
+                num_elements=nan,
+                num_pos=nan,
+                wrapped=True,
+            )
+        return cls(terms)
+
+    def __getitem__(self, key: str) -> TermRecord:
         return self._terms[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -143,7 +217,7 @@ class LossReport(Mapping[str, Term]):
             keys.append(f"{prefix}{name}")
             values.append(term.value.detach())
             averaged.append(True)
-            for field in Term.FIELDS:
+            for field in TermRecord.FIELDS:
                 keys.append(f"{prefix}{name}/{field}")
                 values.append(torch.as_tensor(getattr(term, field), dtype=torch.float32).detach())
                 averaged.append(field == "weight")

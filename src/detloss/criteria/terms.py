@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from torch import Tensor, nn
 
 from detloss.core.normalize import build_normalizers
-from detloss.core.report import Term, make_term
+from detloss.core.report import TermRecord, make_term
 
 
 class TermCriterion(nn.Module):
@@ -43,7 +43,7 @@ class TermCriterion(nn.Module):
         anchor: Tensor,
         weights: Tensor | None = None,
         num_elements: int | None = None,
-    ) -> Term:
+    ) -> TermRecord:
         return make_term(
             name,
             elements,

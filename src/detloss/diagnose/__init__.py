@@ -1,5 +1,8 @@
 """The loss doctor: gradient accounting per term and health findings with concrete fixes.
 
+:class:`Doctor` records any training loop's steps (:meth:`Doctor.observe` takes a dict of loss tensors and
+the tensors, parameters or module to take gradients with respect to) and runs every check over them.
+
 Example:
     >>> report = crit(feats, targets)                                        # doctest: +SKIP
     >>> acc = gradient_accounting(report, feats,                             # doctest: +SKIP
@@ -9,6 +12,7 @@ Example:
     ...     print(f)
 """
 
+from detloss.diagnose.doctor import Doctor, Measurement
 from detloss.diagnose.findings import (
     Finding,
     check_dead,
@@ -26,12 +30,15 @@ from detloss.diagnose.gradients import (
     dense_dependencies,
     gradient_accounting,
     saturation,
+    term_grad_norms,
 )
 
 __all__ = [
     "SATURATION_LIMIT",
+    "Doctor",
     "Finding",
     "GradientAccount",
+    "Measurement",
     "check_dead",
     "check_detection_collapse",
     "check_dominance",
@@ -42,5 +49,6 @@ __all__ = [
     "dense_dependencies",
     "gradient_accounting",
     "saturation",
+    "term_grad_norms",
     "term_names",
 ]

@@ -1,30 +1,42 @@
-"""The loss doctor: gradient accounting during training, every finding over a run, tables, JSON and a plot.
+"""The loss doctor as a recorder: gradient accounting per step, every finding over the steps, tables and a plot.
 
-:class:`Doctor` measures a step (the trainer calls it every ``doctor.every_steps`` steps on the main
-rank: :meth:`Doctor.measure` for a ``DenseCriterion``, :meth:`Doctor.measure_outputs` for any other
-criterion) and writes one ``doctor.csv`` row per measurement: the accounting's cost in seconds, per
-term ``grad_norm``, ``grad_share``, ``dead_fraction``, ``weight``, ``value`` and ``normalizer``, and the
-saturation counters (``saturated/<group>``).
-:meth:`Doctor.findings` runs every check of :mod:`detloss.diagnose.findings` over the measurements and
-the logged rows. :func:`run_doctor` trains a configured run for a few steps with the doctor on
-(``detloss doctor``); :func:`read_run` does the same from a finished run's CSV files.
+:class:`Doctor` needs no trainer. :meth:`Doctor.observe` takes a step's losses (a
+:class:`~detloss.core.report.LossReport`, or any dict of 0-dim loss tensors, wrapped by
+:meth:`LossReport.from_losses <detloss.core.report.LossReport.from_losses>`) and the tensors, parameters or
+module to take each term's gradient with respect to; :meth:`Doctor.findings` then runs every check of
+:mod:`detloss.diagnose.findings` over what it recorded. Findings speak in the loss's own terms (a term's
+weight, its normalizer); mapping them onto a training configuration is the harness's job
+(:mod:`detloss.train.doctor`, which also drives ``detloss doctor``).
+
+Each measurement can be handed to a ``sink`` as a flat row (:meth:`Measurement.row`: the accounting's cost
+in seconds, per term ``grad_norm``, ``grad_share``, ``dead_fraction``, ``weight``, ``value`` and
+``normalizer``, and the saturation counters ``saturated/<group>``); :meth:`Measurement.from_row` reads it back.
+
+Example:
+    >>> import torch
+    >>> heads = torch.nn.ModuleDict({"box": torch.nn.Linear(2, 1), "cls": torch.nn.Linear(2, 1)})
+    >>> x = torch.ones(3, 2)
+    >>> doctor = Doctor()
+    >>> m = doctor.observe(1, {"box": heads["box"](x).square().mean(), "cls": heads["cls"](x).mean()}, wrt=heads)
+    >>> sorted(m.account.norms)
+    ['box', 'cls']
 """
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from detloss.core.debug import NonFiniteOp
+from detloss.core.report import LossReport
 from detloss.diagnose.findings import (
     Finding,
+    _finite,
     check_dead,
     check_detection_collapse,
     check_dominance,
@@ -40,18 +52,12 @@ from detloss.diagnose.gradients import (
     gradient_accounting,
     polygon_axis_saturation,
 )
-from detloss.core.report import LossReport
 
 __all__ = [
     "Doctor",
-    "DoctorRun",
     "Measurement",
     "findings_table",
     "plot_shares",
-    "read_measurements",
-    "read_run",
-    "recommended_overrides",
-    "run_doctor",
     "shares_table",
 ]
 
@@ -59,6 +65,14 @@ _ORDER = {"error": 0, "warning": 1, "info": 2}
 
 #: Fewer logged steps than this: no ``PLATEAU`` check (a line fitted to a handful of noisy steps says little).
 PLATEAU_MIN_STEPS = 20
+
+
+def _leading_float(text: str) -> float:
+    """``12.0`` from ``"12 (num_pos)"``; NaN when the text has no number (a wrapped value's bare name)."""
+    try:
+        return float(text.split()[0])
+    except (IndexError, ValueError):
+        return math.nan
 
 
 @dataclass(frozen=True)
@@ -69,53 +83,67 @@ class Measurement:
     seconds: float
     account: GradientAccount
 
+    def row(self) -> dict[str, float]:
+        """The flat row a sink receives (one ``doctor.csv`` row in the harness)."""
+        a = self.account
+        row: dict[str, float] = {"step": self.step, "seconds": self.seconds}
+        for t in a.norms:
+            row[f"{t}/grad_norm"] = a.norms[t]
+            row[f"{t}/grad_share"] = a.shares[t]
+            row[f"{t}/dead_fraction"] = a.dead.get(t, math.nan)
+            row[f"{t}/weight"] = a.weights.get(t, math.nan)
+            row[f"{t}/value"] = a.values.get(t, math.nan)
+            row[f"{t}/normalizer"] = _leading_float(a.normalizers.get(t, "nan"))
+        row.update({f"saturated/{g}": v for g, v in a.saturated.items()})
+        return row
 
-def _row(m: Measurement) -> dict[str, float]:
-    """A ``doctor.csv`` row."""
-    a = m.account
-    row: dict[str, float] = {"step": m.step, "seconds": m.seconds}
-    for t in a.norms:
-        row[f"{t}/grad_norm"] = a.norms[t]
-        row[f"{t}/grad_share"] = a.shares[t]
-        row[f"{t}/dead_fraction"] = a.dead.get(t, math.nan)
-        row[f"{t}/weight"] = a.weights.get(t, math.nan)
-        row[f"{t}/value"] = a.values.get(t, math.nan)
-        row[f"{t}/normalizer"] = float(a.normalizers.get(t, "nan").split()[0])
-    row.update({f"saturated/{g}": v for g, v in a.saturated.items()})
-    return row
+    @classmethod
+    def from_row(cls, row: Mapping[str, float]) -> Measurement:
+        """The measurement of a :meth:`row` (e.g. read back from ``doctor.csv``)."""
+        terms = [k[: -len("/grad_norm")] for k in row if k.endswith("/grad_norm")]
+        norms = {t: row[f"{t}/grad_norm"] for t in terms}
+        ratios = {}
+        for a in terms:
+            for b in terms:
+                if a != b:
+                    ratios[(a, b)] = norms[a] / norms[b] if norms[b] else (math.nan if norms[a] == 0 else math.inf)
+        account = GradientAccount(
+            norms=norms,
+            shares={t: row[f"{t}/grad_share"] for t in terms},
+            ratios=ratios,
+            dead={t: row[f"{t}/dead_fraction"] for t in terms if not math.isnan(row[f"{t}/dead_fraction"])},
+            saturated={k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("saturated/")},
+            weights={t: row[f"{t}/weight"] for t in terms},
+            values={t: row[f"{t}/value"] for t in terms},
+            normalizers={t: f"{row[f'{t}/normalizer']:.4g}" for t in terms},
+            nonfinite=tuple(t for t in terms if not math.isfinite(norms[t])),
+        )
+        return cls(int(row["step"]), row["seconds"], account)
 
 
-def _account(row: Mapping[str, float]) -> GradientAccount:
-    """Rebuild a :class:`GradientAccount` from a ``doctor.csv`` row."""
-    terms = [k[: -len("/grad_norm")] for k in row if k.endswith("/grad_norm")]
-    norms = {t: row[f"{t}/grad_norm"] for t in terms}
-    ratios = {}
-    for a in terms:
-        for b in terms:
-            if a != b:
-                ratios[(a, b)] = norms[a] / norms[b] if norms[b] else (math.nan if norms[a] == 0 else math.inf)
-    return GradientAccount(
-        norms=norms,
-        shares={t: row[f"{t}/grad_share"] for t in terms},
-        ratios=ratios,
-        dead={t: row[f"{t}/dead_fraction"] for t in terms if not math.isnan(row[f"{t}/dead_fraction"])},
-        saturated={k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("saturated/")},
-        weights={t: row[f"{t}/weight"] for t in terms},
-        values={t: row[f"{t}/value"] for t in terms},
-        normalizers={t: f"{row[f'{t}/normalizer']:.4g}" for t in terms},
-        nonfinite=tuple(t for t in terms if not math.isfinite(norms[t])),
-    )
-
-
-def read_measurements(path: str | Path) -> list[Measurement]:
-    """The measurements in a ``doctor.csv``."""
-    from detloss.train.logs import read_csv
-
-    return [Measurement(int(r["step"]), r["seconds"], _account(r)) for r in read_csv(Path(path))]
+def _wrt_tensors(wrt: nn.Module | Tensor | Iterable[Tensor]) -> list[Tensor]:
+    """``wrt`` as a list of tensors requiring grad: a module gives its trainable parameters."""
+    if isinstance(wrt, nn.Module):
+        tensors = [p for p in wrt.parameters() if p.requires_grad]
+        if not tensors:
+            raise ValueError(f"wrt: the module {type(wrt).__name__} has no parameter that requires grad")
+        return tensors
+    if isinstance(wrt, Tensor):
+        return [wrt]
+    try:
+        tensors = list(wrt)
+    except TypeError:
+        raise ValueError(
+            f"wrt must be a module, a tensor or an iterable of tensors (parameters), got {type(wrt).__name__}"
+        ) from None
+    return tensors
 
 
 class Doctor:
-    """Gradient accounting every ``every_steps`` steps and the run's findings.
+    """Gradient accounting of training steps and the findings over them.
+
+    Any training loop calls :meth:`observe` with its losses; the harness calls :meth:`measure` (a
+    ``DenseCriterion``) or :meth:`measure_outputs` (any other criterion) on the steps :meth:`due` selects.
 
     Args:
         every_steps: measure when ``step % every_steps == 0`` (0-based step); ``None``: never.
@@ -125,7 +153,12 @@ class Doctor:
         dead: ``check_dead``'s threshold.
         skew_ratio: ``check_normalizer_skew``'s ratio.
         plateau_window, plateau_tolerance: ``check_plateau``'s window and tolerance.
-        path: ``doctor.csv`` to append a row to per measurement (``None``: keep in memory only).
+        sink: called with each measurement's :meth:`Measurement.row` (the harness appends it to
+            ``doctor.csv``); ``None``: keep in memory only.
+
+    What it records: :attr:`measurements` (gradient accountings) and, from :meth:`observe`, :attr:`rows`
+    (each step's flat :meth:`LossReport.as_dict` with its ``step``), which :meth:`findings` checks when no
+    rows are passed to it.
     """
 
     def __init__(
@@ -139,7 +172,7 @@ class Doctor:
         skew_ratio: float = 10.0,
         plateau_window: int = 100,
         plateau_tolerance: float = 0.05,
-        path: str | Path | None = None,
+        sink: Callable[[dict[str, float]], None] | None = None,
     ) -> None:
         if every_steps is not None and every_steps < 1:
             raise ValueError(f"every_steps must be >= 1 or None, got {every_steps}")
@@ -151,15 +184,13 @@ class Doctor:
         self.skew_ratio = skew_ratio
         self.plateau_window, self.plateau_tolerance = plateau_window, plateau_tolerance
         self.measurements: list[Measurement] = []
-        self.log = None
-        if path is not None:
-            from detloss.train.logs import CsvLog
-
-            self.log = CsvLog(Path(path))
+        self.rows: list[dict[str, float]] = []
+        self.sink = sink
 
     @classmethod
-    def from_config(cls, cfg, path: str | Path | None = None) -> Doctor:
-        """From a ``DoctorConfig``-like object (:mod:`detloss.train.config`)."""
+    def from_config(cls, cfg, sink: Callable[[dict[str, float]], None] | None = None) -> Doctor:
+        """From an object with the thresholds as attributes (``every_steps``, ``dominance``, ...), such as
+        the harness's ``DoctorConfig``."""
         return cls(
             cfg.every_steps,
             dominance=cfg.dominance,
@@ -169,12 +200,56 @@ class Doctor:
             skew_ratio=cfg.skew_ratio,
             plateau_window=cfg.plateau_window,
             plateau_tolerance=cfg.plateau_tolerance,
-            path=path,
+            sink=sink,
         )
 
     def due(self, step: int) -> bool:
         """Whether the 0-based ``step`` is measured."""
         return self.every_steps is not None and step % self.every_steps == 0
+
+    def observe(
+        self,
+        step: int,
+        losses: LossReport | Mapping[str, Tensor],
+        wrt: nn.Module | Tensor | Iterable[Tensor] | None = None,
+        *,
+        normalizers: Mapping[str, str] | None = None,
+        depends: Mapping[str, Sequence[Tensor | None]] | None = None,
+        saturation_logits: Sequence[Tensor] | Mapping[str, Tensor | Sequence[Tensor]] | None = None,
+    ) -> Measurement | None:
+        """Record one step of any training loop: its losses and, with ``wrt``, each term's gradient.
+
+        Call it after the forward and before ``backward()`` (the graph must be alive), or after a
+        ``backward(retain_graph=True)``. It takes one ``autograd.grad`` per term (about one backward
+        each; with ``wrt`` a whole model, a full backward each) and nothing is accumulated into ``.grad``.
+
+        Args:
+            step: the step number to record.
+            losses: a :class:`~detloss.core.report.LossReport`, or a dict term name -> 0-dim loss tensor
+                (torchvision's or detectron2's loss dict), wrapped by :meth:`LossReport.from_losses`.
+            wrt: what the gradients are taken with respect to: a module (its trainable parameters),
+                a tensor, or an iterable of tensors or parameters (e.g. head outputs); ``None``: record
+                the losses only.
+            normalizers: with a dict of losses, term -> the name of the normalizer its value was divided
+                by (recorded, and named in the findings).
+            depends, saturation_logits: as in :func:`~detloss.diagnose.gradients.gradient_accounting`.
+
+        Returns:
+            the :class:`Measurement`, or ``None`` without ``wrt``.
+        """
+        if isinstance(losses, LossReport):
+            if normalizers is not None:
+                raise ValueError("normalizers is for a dict of losses; a LossReport records its own")
+            report = losses
+        else:
+            report = LossReport.from_losses(losses, normalizers)
+        tensors = None if wrt is None else _wrt_tensors(wrt)
+        start = time.perf_counter()
+        account = None
+        if tensors is not None:
+            account = gradient_accounting(report, tensors, depends=depends, saturation_logits=saturation_logits or ())
+        self.rows.append({"step": step, **report.as_dict()})  # after the checks: bad input records nothing
+        return None if account is None else self._record(step, time.perf_counter() - start, account)
 
     def measure(
         self, step: int, report: LossReport, feats: Sequence[Tensor], crit, targets: Mapping[str, Tensor]
@@ -231,8 +306,8 @@ class Doctor:
     def _record(self, step: int, seconds: float, account: GradientAccount) -> Measurement:
         m = Measurement(step, seconds, account)
         self.measurements.append(m)
-        if self.log is not None:
-            self.log.write(_row(m))
+        if self.sink is not None:
+            self.sink(m.row())
         return m
 
     def gradient_findings(self) -> list[Finding]:
@@ -248,7 +323,7 @@ class Doctor:
                     Finding(
                         "NONFINITE",
                         "error",
-                        f"the gradient of {t} w.r.t. the head outputs is non-finite (norm {m.account.norms[t]}).",
+                        f"the gradient of {t} w.r.t. the measured tensors is non-finite (norm {m.account.norms[t]}).",
                         {t: m.account.norms[t]},
                         "rerun with DETLOSS_DEBUG_NAN=1 to name the operation; check the term's inputs for "
                         "degenerate geometry (sqrt/division at 0) at this step",
@@ -267,14 +342,16 @@ class Doctor:
 
     def findings(
         self,
-        step_rows: Sequence[Mapping[str, float]] = (),
+        step_rows: Sequence[Mapping[str, float]] | None = None,
         epoch_rows: Sequence[Mapping[str, float]] = (),
         val_rows: Sequence[Mapping[str, float]] = (),
     ) -> list[Finding]:
         """Every check: the gradient findings, then over the logged rows ``NONFINITE``, ``NORMALIZER_SKEW``
         (train rows vs. each other and vs. ``val_rows``, keys ``val/<term>/normalizer``),
         ``DETECTION_COLLAPSE`` (``val/dets_per_image`` of ``epoch_rows``) and ``PLATEAU`` (from
-        :data:`PLATEAU_MIN_STEPS` rows on); errors first."""
+        :data:`PLATEAU_MIN_STEPS` rows on); errors first. ``step_rows`` defaults to the rows :meth:`observe`
+        recorded."""
+        step_rows = self.rows if step_rows is None else step_rows
         values = check_nonfinite(step_rows)
         bad = {f.term for f in values}  # a non-finite value explains its non-finite gradient: report it once
         found = [f for f in self.gradient_findings() if not (f.code == "NONFINITE" and f.term in bad)]
@@ -284,106 +361,6 @@ class Doctor:
         found += check_detection_collapse(epoch_rows)
         found += check_plateau(finite, self.plateau_window, self.plateau_tolerance, PLATEAU_MIN_STEPS)
         return sorted(found, key=lambda f: _ORDER[f.severity])
-
-
-def _finite(x) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
-@dataclass
-class DoctorRun:
-    """What ``detloss doctor`` found: the findings, the measurements, the rows and the step times."""
-
-    out: Path
-    findings: list[Finding]
-    measurements: list[Measurement]
-    step_rows: list[dict[str, float]] = field(default_factory=list)
-    epoch_rows: list[dict[str, float]] = field(default_factory=list)
-    step_seconds: dict[int, float] = field(default_factory=dict)
-    kind: str = "dense"  # the run's model.kind: where its term weights live in the config
-
-    def cost(self) -> dict[str, float]:
-        """Mean wall time of measured and plain steps (the first step, warm-up, left out) and their ratio."""
-        measured = {m.step for m in self.measurements}
-        times = {s: t for s, t in self.step_seconds.items() if s != 1}
-        doc = [t for s, t in times.items() if s in measured]
-        plain = [t for s, t in times.items() if s not in measured]
-        if not doc or not plain:
-            return {}
-        d, p = sum(doc) / len(doc), sum(plain) / len(plain)
-        return {
-            "doctor_step_s": d,
-            "plain_step_s": p,
-            "ratio": d / p,
-            "doctor_steps": len(doc),
-            "plain_steps": len(plain),
-        }
-
-    def exit_code(self) -> int:
-        """1 if any finding is an error, else 0."""
-        return int(any(f.severity == "error" for f in self.findings))
-
-    def summary(self) -> str:
-        """The last account's per-term table, the gradient shares over the steps, the findings, the cost."""
-        parts = []
-        if self.measurements:
-            last = self.measurements[-1]
-            parts += [f"gradient accounting w.r.t. the head outputs at step {last.step}:", last.account.table(), ""]
-            parts += ["gradient share per term over the measured steps:", shares_table(self.measurements), ""]
-        evaluated = [r for r in self.epoch_rows if "val/dets_per_image" in r]
-        if evaluated:
-            last = evaluated[-1]
-            metrics = ", ".join(f"{k[4:]} {last[k]:.3g}" for k in ("val/map50", "val/dets_per_image") if k in last)
-            parts += [f"validation after step {int(last['step'])}: {metrics}", ""]
-        parts += [findings_table(self.findings)]
-        overrides = recommended_overrides(self.findings, self.kind)
-        if overrides:
-            parts += ["", "recommended weights (GRAD_DOMINANCE, GRAD_STARVED; as overrides):"]
-            parts += ["  " + " ".join(overrides)]
-        cost = self.cost()
-        if cost:
-            parts += [
-                "",
-                f"doctor cost: {1000 * cost['doctor_step_s']:.1f} ms per measured step vs "
-                f"{1000 * cost['plain_step_s']:.1f} ms per plain step ({cost['ratio']:.2f}×)",
-            ]
-        return "\n".join(parts)
-
-    def as_dict(self) -> dict:
-        """``{"account", "terms", "findings", "measurements", "cost"}``: ``account`` (alias ``terms``) is the
-        last measurement's per-term dict with the normalizer; non-finite floats become strings."""
-        terms: dict = {}
-        if self.measurements:
-            acc = self.measurements[-1].account
-            terms = {t: {**v, "normalizer": acc.normalizers.get(t)} for t, v in acc.as_dict().items()}
-        data = {
-            "account": terms,
-            "terms": terms,
-            "findings": [f.as_dict() for f in self.findings],
-            "measurements": [
-                {"step": m.step, "seconds": m.seconds, "account": m.account.as_dict()} for m in self.measurements
-            ],
-            "cost": self.cost(),
-        }
-        return _jsonable(data)
-
-    def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.as_dict(), indent=2))
-        return path
-
-
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    return x
 
 
 def findings_table(findings: Sequence[Finding], width: int = 110) -> str:
@@ -407,32 +384,6 @@ def shares_table(measurements: Sequence[Measurement]) -> str:
         cells = (m.account.shares.get(t, math.nan) for t in terms)
         rows.append(f"{m.step:>6} " + " ".join(f"{'-':>8}" if math.isnan(s) else f"{100 * s:7.1f}%" for s in cells))
     return "\n".join(rows)
-
-
-def weight_key(term: str, kind: str = "dense") -> str:
-    """The config key of ``term``'s weight for a ``model.kind`` run: ``loss.weights.cls`` (dense),
-    ``grid.weights.obj``, ``rpn.weights.box`` / ``roi.weights.cls`` (two-stage ``rpn_box`` / ``roi_cls``);
-    the unlabelled ``u_*`` terms of teacher-student runs scale with ``semi.unsup_weight``."""
-    if term.startswith("u_"):
-        return "semi.unsup_weight"
-    if kind == "grid":
-        return f"grid.weights.{term}"
-    if kind == "two_stage" and term[:4] in ("rpn_", "roi_"):
-        return f"{term[:3]}.weights.{term[4:]}"
-    return f"loss.weights.{term}"
-
-
-def recommended_overrides(findings: Sequence[Finding], kind: str = "dense") -> list[str]:
-    """``<section>.weights.<term>=<w>`` (:func:`weight_key`) for each weight a ``GRAD_DOMINANCE`` or
-    ``GRAD_STARVED`` finding recommends raising; a term recommended twice keeps the first value."""
-    out: dict[str, str] = {}
-    for f in findings:
-        if f.code in ("GRAD_DOMINANCE", "GRAD_STARVED"):
-            terms = [(k[: -len("/weight")], v) for k, v in f.numbers.items() if k.endswith("/weight")]
-            for t, v in terms:
-                if not t.startswith("u_"):
-                    out.setdefault(weight_key(t, kind), f"{weight_key(t, kind)}={v:.4g}")
-    return list(out.values())
 
 
 def plot_shares(measurements: Sequence[Measurement], path: str | Path) -> Path | None:
@@ -465,169 +416,3 @@ def plot_shares(measurements: Sequence[Measurement], path: str | Path) -> Path |
     return path
 
 
-def _val_rows(trainer, batches: int = 4) -> list[dict[str, float]]:
-    """The criterion's report on up to ``batches`` validation batches, keys prefixed ``val/``."""
-    import torch
-
-    from detloss.data.collate import collate
-
-    model, b, rows = trainer.model, trainer.cfg.batch_size, []
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, min(len(trainer.val_set), batches * b), b):
-            samples = [trainer.val_set[i] for i in range(start, min(start + b, len(trainer.val_set)))]
-            images, targets = collate(samples)
-            device = trainer.dist.device
-            targets = {k: v.to(device) for k, v in targets.items() if torch.is_tensor(v)}
-            rows.append(trainer.forward_loss(model, images.to(device), targets).report.as_dict("val/"))
-    return rows
-
-
-def run_doctor(cfg, steps: int = 50, every: int | None = None, evaluate: bool = True) -> DoctorRun:
-    """Train the run ``cfg`` (a ``TrainConfig``) for ``steps`` steps with gradient accounting every ``every``
-    steps (default ``steps // 5``, from the first), then evaluate every check.
-
-    Writes ``config.yaml``, ``steps.csv``, ``doctor.csv`` and ``doctor_shares.png`` into ``cfg.out_dir``
-    (replacing earlier doctor files there). The learning-rate schedule is the full run's. Stops at the
-    first step with a non-finite loss (or, under ``DETLOSS_DEBUG_NAN=1``, the first failing term: that
-    step, which raised before the optimizer step, then runs once more under
-    :func:`~detloss.core.debug.locate_nonfinite`, so the ``NONFINITE`` finding names the operation that made
-    the value, or the gradient's backward operation and the forward line it differentiates). With
-    ``evaluate``, the model is evaluated after the steps (``epoch_rows``, shown in the summary) and the
-    report on a few validation batches gives the validation normalizers (``NORMALIZER_SKEW``).
-
-    ``DETECTION_COLLAPSE`` needs two evaluations of a model that has learned something, so it is checked by
-    :func:`read_run` on a training run's ``epochs.csv``, not here: the untrained model's detections are no
-    peak (on the shapes run they fall from about 2 per image at initialization to about 0.03 after 50
-    warm-up steps, while the classifier first learns "background" everywhere, as every detector does).
-    """
-    from detloss.core.debug import NonFiniteLossError
-    from detloss.train.config import DoctorConfig
-    from detloss.train.logs import CsvLog
-    from detloss.train.trainer import build_trainer
-
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    every = max(1, steps // 5) if every is None else every
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
-    out = Path(cfg.out_dir)
-    for name in ("doctor.csv", "steps.csv"):
-        (out / name).unlink(missing_ok=True)
-    doctor_cfg = (cfg.doctor or DoctorConfig()).model_copy(update={"every_steps": every})
-    cfg = cfg.model_copy(update={"doctor": doctor_cfg})
-    trainer = build_trainer(cfg)
-    if trainer.dist.world_size > 1:
-        raise ValueError("detloss doctor runs in one process (not under torchrun)")
-    steps_log = CsvLog(out / "steps.csv")
-    run = DoctorRun(out, [], [], kind=cfg.model.kind)
-    failed: Finding | None = None  # from DETLOSS_DEBUG_NAN
-    nonfinite = False  # a logged value: check_nonfinite reports it
-    while trainer.step < steps and failed is None and not nonfinite:
-        epoch, start = divmod(trainer.step, trainer.steps_per_epoch)
-        for images, targets in trainer.batches(epoch, start):
-            t0 = time.perf_counter()
-            try:
-                report = trainer.train_step(images, targets)
-            except NonFiniteLossError as err:
-                failed = _debug_finding(trainer.step + 1, err, *_locate(trainer, images, targets, err))
-                break
-            run.step_seconds[trainer.step] = time.perf_counter() - t0
-            row = {"step": trainer.step, "epoch": epoch, **report.as_dict(), **trainer.step_log()}
-            run.step_rows.append(row)
-            steps_log.write(row)
-            nonfinite = not all(_finite(row[t]) for t in [*report, "total"])
-            if nonfinite or trainer.step >= steps:
-                break
-    run.measurements = list(trainer.doctor.measurements)
-    val_rows = []
-    if evaluate and failed is None and not nonfinite:
-        spe = trainer.steps_per_epoch
-        metrics = {f"val/{k}": v for k, v in trainer.evaluate().items()}
-        run.epoch_rows.append({"epoch": trainer.step / spe, "step": float(trainer.step), **metrics})
-        val_rows = _val_rows(trainer)
-    run.findings = trainer.doctor.findings(run.step_rows, run.epoch_rows, val_rows)
-    if failed is not None:
-        run.findings.insert(0, failed)
-    plot_shares(run.measurements, out / "doctor_shares.png")
-    return run
-
-
-def _locate(trainer, images, targets, err) -> tuple[NonFiniteOp | None, bool]:
-    """Run the step that raised ``err`` again under :func:`~detloss.core.debug.locate_nonfinite` (the model
-    has not been updated: the error comes from the forward, before the optimizer step) to name the
-    operation. Returns it (or ``None``) and whether the step failed again the same way."""
-    from detloss.core.debug import NonFiniteLossError, locate_nonfinite
-
-    op, again = locate_nonfinite(lambda: trainer.train_step(images, targets), err.where)
-    same = isinstance(again, NonFiniteLossError) and (again.term, again.where) == (err.term, err.where)
-    return op, same
-
-
-def _debug_finding(step: int, err, op: NonFiniteOp | None = None, reproduced: bool = True) -> Finding:
-    """``NONFINITE`` from a :class:`~detloss.core.debug.NonFiniteLossError`, naming the operation ``op`` when
-    :func:`_locate` found it."""
-    message = f"first non-finite {err.where} at step {step} in term {err.term!r} (raised by DETLOSS_DEBUG_NAN)."
-    numbers = {"step": float(step)}
-    if op is not None and err.where == "gradient":
-        message += (
-            f" Its first non-finite gradient element ({op.produced}) was made by operation {op.op} in "
-            f"{op.node or 'the backward pass'}, the derivative of the forward operation at "
-            f"{op.location or 'an unknown line'}"
-            + (f" (called from {op.detloss_location})" if op.detloss_location not in (None, op.location) else "")
-            + (f"; the Inf came first from {op.after_inf.describe()}" if op.after_inf else "")
-            + "."
-        )
-    elif op is not None:
-        message += f" The first non-finite value was made by operation {op.describe()}."
-    elif reproduced:
-        message += " No single operation made it from finite inputs (a non-finite input or parameter?)."
-    if not reproduced:
-        message += " Running the step again did not fail the same way: the cause is not deterministic."
-    if op is not None:
-        at = op.location or "an unknown line"
-        if op.phase == "backward":
-            look = (
-                f"look at the operation at {at}: its derivative ({op.node}) is {op.produced} at this step's inputs "
-                "(a derivative infinite at the point: sqrt or pow < 1 at 0, the norm of a zero vector, "
-                "acos/asin at ±1)"
-            )
-        else:
-            look = (
-                f"look at {op.op} at {at}: this step's inputs are outside its domain (log of <= 0, 0/0 or x/0, "
-                "sqrt of < 0, overflow)"
-            )
-        fix = (
-            f"{look}; keep the argument in the domain by construction (select safe inputs with torch.where "
-            "before the operation, as MGIoU does); do not nan_to_num or clamp the loss"
-        )
-    else:
-        fix = (
-            f"check {err.term}'s inputs at this step (non-finite images, targets or parameters, degenerate "
-            "boxes or polygons, overflowing logits, a normalizer of 0); do not nan_to_num the loss"
-        )
-    return Finding("NONFINITE", "error", message, numbers, fix, err.term)
-
-
-def read_run(run: str | Path, doctor_cfg=None) -> DoctorRun:
-    """Every check over a finished run folder: ``steps.csv``, ``epochs.csv`` and ``doctor.csv`` (if the run
-    had ``doctor.every_steps``); ``doctor_cfg`` (a ``DoctorConfig``-like object) sets the thresholds."""
-    from detloss.train.logs import read_csv
-
-    run = Path(run)
-    if not (run / "steps.csv").is_file():
-        raise FileNotFoundError(f"{run / 'steps.csv'} not found: --run must be a run folder")
-    steps = read_csv(run / "steps.csv")
-    epochs = read_csv(run / "epochs.csv") if (run / "epochs.csv").is_file() else []
-    doctor = Doctor() if doctor_cfg is None else Doctor.from_config(doctor_cfg)
-    if (run / "doctor.csv").is_file():
-        doctor.measurements = read_measurements(run / "doctor.csv")
-    val_rows = [{k: v for k, v in r.items() if k.startswith("val/")} for r in epochs]
-    findings = doctor.findings(steps, epochs, val_rows)
-    plot_shares(doctor.measurements, run / "doctor_shares.png")
-    kind = "dense"
-    if (run / "config.yaml").is_file():
-        import yaml
-
-        kind = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("model", {}).get("kind", "dense")
-    return DoctorRun(run, findings, doctor.measurements, steps, epochs, kind=kind)

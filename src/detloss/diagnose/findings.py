@@ -141,7 +141,7 @@ def check_dominance(account: GradientAccount, threshold: float = 0.9, target_rat
             f"{_g(wd)} × {tf}{_g(no)}/{_g(nd)} = {_g(new_d)} or {o} weight {_g(wo)} → "
             f"{_g(wo)} × {_g(nd)}/{below} = {_g(new_o)}"
         )
-        raises.append(f"{o}={_g(new_o)}")
+        raises.append(f"{o} ×{_g(new_o / wo)} ({_g(wo)} → {_g(new_o)})" if wo else f"{o} to {_g(new_o)}")
         if mildest is None or new_d > mildest[0]:
             mildest = (new_d, o)  # the largest other term: lowering d to match it leaves d >= the rest
     message = f"{d} carries {100 * shares[d]:.1f}% of the gradient norm (threshold {100 * threshold:.0f}%)."
@@ -151,13 +151,32 @@ def check_dominance(account: GradientAccount, threshold: float = 0.9, target_rat
         message += f" {', '.join(dead)} ha{'s' if len(dead) == 1 else 've'} zero gradient: no weight fixes that."
     fix = ""
     if raises:
-        fix = f"set loss weights {', '.join(raises)} (each then {_g(t)}:1 against {d})"
+        s_ = "s" if len(raises) > 1 else ""
+        fix = f"raise the weight{s_} of {', '.join(raises)} (each then {_g(t)}:1 against {d})"
         if mildest is not None:
             fix += f", or lower {d}'s weight to {_g(mildest[0])} ({_g(t)}:1 against {mildest[1]})"
-        fix += f"; or normalize {d} differently (e.g. a normalizer that counts its elements)"
+            k = nd / (t * account.norms[mildest[1]])  # D_d this much larger: d's gradient falls to t:1
+            now = _normalizer_name(account.normalizers.get(d))
+            fix += (
+                f"; or change {d}'s normalizer{f' from {now}' if now else ''} to one {_g(k)}× larger "
+                f"({_g(t)}:1 against {mildest[1]}; e.g. one that counts its elements)"
+            )
     if dead:
         fix += ("; " if fix else "") + f"find why {', '.join(dead)} get no gradient (see DEAD_GRADIENT)"
     return [Finding("GRAD_DOMINANCE", "warning", message, numbers, fix + ".", term=d)]
+
+
+def _normalizer_name(text: str | None) -> str | None:
+    """``"num_pos"`` from an account's normalizer text ``"12 (num_pos)"`` or a wrapped term's bare ``"num_pos"``;
+    ``None`` when only the value is known (read back from a CSV row)."""
+    text = (text or "").strip()
+    if text.endswith(")") and "(" in text:
+        return text[text.rindex("(") + 1 : -1]
+    try:
+        float(text)
+    except ValueError:
+        return text or None
+    return None
 
 
 def _leading_number(text: str | None) -> float | None:
@@ -217,7 +236,8 @@ def check_starved(account: GradientAccount, ratio: float = 100.0, target_ratio: 
                 f"{_g(ratio)}:1 is {_g(ws)} × {_g(nb)}/({_g(ratio)} × {_g(ns)}) = {_g(min_w)})"
             )
             fixes.append(
-                f"set loss weight {s}={_g(new_w)} ({_g(t)}:1 against {b}; at least {_g(min_w)} for {_g(ratio)}:1)"
+                f"raise the weight of {s} ×{_g(nb / (t * ns))} ({_g(ws)} → {_g(new_w)}; {_g(t)}:1 against {b}; "
+                f"at least {_g(min_w)} for {_g(ratio)}:1)"
             )
         if d_now is not None:
             new_d = d_now * t * ns / nb
@@ -226,10 +246,16 @@ def check_starved(account: GradientAccount, ratio: float = 100.0, target_ratio: 
             steps.append(f"normalize {s} by {_g(d_now)} × {tf}{_g(ns)}/{_g(nb)} = {_g(new_d)} instead of {now}")
             # a mean divides by every element, the usual way a sparse term starves
             hint = " (a count of its positives, num_pos or target_sum, not of every element)" if "(mean)" in now else ""
-            fixes.append(f"give {s} a normalizer of about {_g(new_d)} instead of {now}{hint}")
+            fixes.append(
+                f"change {s}'s normalizer from {now} to one {_g(nb / (t * ns))}× smaller, about {_g(new_d)}{hint}"
+            )
         if steps:
             message += f" To reach {_g(t)}:1 against {b}: " + "; or ".join(steps) + "."
-        fix = "; or ".join(fixes) or f"raise {s}'s weight or lower its normalizer {_g(nb / (t * ns))}×"
+        name = _normalizer_name(account.normalizers.get(s))
+        fix = "; or ".join(fixes) or (
+            f"raise the weight of {s} ×{_g(nb / (t * ns))}, or change its normalizer"
+            f"{f' from {name}' if name else ''} to one {_g(nb / (t * ns))}× smaller"
+        )
         out.append(Finding("GRAD_STARVED", "warning", message, numbers, fix + ".", term=s))
     return out
 
@@ -320,8 +346,8 @@ def check_nonfinite(history: Iterable[Row]) -> list[Finding]:
             f"rerun from the last checkpoint before step {step} with DETLOSS_DEBUG_NAN=1, which raises at the first "
             f"non-finite value or gradient and names the term and whether its value or gradient failed; then check "
             f"{first_term or 'each term'}'s inputs at that step (degenerate boxes or polygons, logits overflowing "
-            "under autocast, a normalizer of 0); lower the learning rate or set optim.grad_clip; do not "
-            "nan_to_num the loss (it zeroes the gradient, report 001)"
+            "under autocast, a normalizer of 0); lower the learning rate or clip the gradient norm; do not "
+            "nan_to_num the loss (it zeroes the gradient of every element it repairs, so they stop learning)"
         )
         return [Finding("NONFINITE", "error", message, {"step": float(step), **bad}, fix, first_term)]
     return []
@@ -345,9 +371,9 @@ def _normalizers(rows: Sequence[Row]) -> dict[str, list[float]]:
 
 
 _SKEW_FIX = (
-    "normalize {term} by something that does not depend on the batch's content: normalizers.{term}="
+    "change {term}'s normalizer to one that does not depend on the batch's content: "
     "'batch_size', 'fixed:{k}' (about its median), 'density', or 'ema_num_pos:0.99' (a running mean of the "
-    "positives); keep the same normalizer for training and validation so their losses compare (report 003)"
+    "positives); keep the same normalizer for training and validation so their losses compare"
 )
 
 
@@ -421,10 +447,10 @@ def check_detection_collapse(
     numbers = {"peak": peak, "last": last, "peak_epoch": float(peak_epoch), "epoch": float(epoch), "drop": drop}
     fix = (
         "the classifier is learning to say 'background' everywhere: lower or delay the background penalty "
-        "(loss.background.max_value, burn_in/warmup), check that the cls normalizer does not shrink the positives' "
+        "(its max_value, burn-in or warm-up), check that the cls normalizer does not shrink the positives' "
         "gradient (a 'mean' over every anchor-class divides each positive by B·A·C), raise positive weights "
         "(pos_weight / class weights), and inspect the assigner's positives per image; evaluate at a lower "
-        "confidence to see whether scores shrank or detections vanished (report 002)"
+        "confidence to see whether scores shrank or detections vanished"
     )
     return [Finding("DETECTION_COLLAPSE", "error", message, numbers, fix)]
 
@@ -487,8 +513,8 @@ def check_plateau(
         fix = (
             f"measure {name}'s gradient (gradient_accounting / detloss doctor): if another term dominates "
             f"(GRAD_DOMINANCE), raise {name}'s weight by the ratio it reports or give its head its own learning "
-            f"rate (optim.polygon_lr for poly); if much of it is zero (DEAD_GRADIENT), remove the hard mask, clamp "
-            f"or nan_to_num on its path (report 001)"
+            f"rate (its own optimizer parameter group); if much of it is zero (DEAD_GRADIENT), remove the hard mask, "
+            f"clamp or nan_to_num on its path"
         )
         out.append(Finding("PLATEAU", "warning", message, numbers, fix, name))
     return out

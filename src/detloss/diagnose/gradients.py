@@ -22,8 +22,9 @@ Measured per term ``t``:
     Among the elements of ``wrt`` the term *depends on* (a boolean mask per ``wrt`` tensor, given by
     the caller in ``depends``; :func:`dense_dependencies` builds them for a
     :class:`~detloss.criteria.dense.DenseCriterion`), the fraction whose gradient is exactly zero.
-    Hard masks (``x * mask``), clamps and ``nan_to_num`` on the loss path give exactly zero, which is
-    what report 001 lost; a term without a mask has no ``dead`` entry. NaN when the mask is empty.
+    Hard masks (``x * mask``), clamps and ``nan_to_num`` on the loss path give exactly zero, so the
+    elements behind them stop learning; a term without a mask has no ``dead`` entry. NaN when the mask
+    is empty.
 ``saturated``
     For each group of logits passed in ``saturation_logits``, the fraction of elements with
     ``|logit| > saturation_limit`` (default 15: ``sigmoid(15) = 1 - 3e-7``, where the sigmoid's
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from detloss.core.report import LossReport
+from detloss.core.report import LossReport, TermRecord
 
 __all__ = [
     "AXIS_GIOU_GROUPS",
@@ -53,8 +54,11 @@ __all__ = [
     "axis_giou_saturation",
     "dense_dependencies",
     "gradient_accounting",
+    "gradient_norm",
     "polygon_axis_saturation",
     "saturation",
+    "term_grad_norms",
+    "term_gradients",
 ]
 
 #: ``|logit|`` beyond which a sigmoid counts as saturated.
@@ -83,7 +87,8 @@ class GradientAccount:
             <detloss.diagnose.doctor.Doctor.measure>`).
         weights: term -> its gain when measured (gradient norms scale linearly with it).
         values: term -> its value when measured.
-        normalizers: term -> its normalizer as ``"value (name)"`` (``"value"`` when read from ``doctor.csv``).
+        normalizers: term -> its normalizer as ``"value (name)"`` (``"value"`` when read from ``doctor.csv``;
+            only ``"name"`` for a value wrapped by :meth:`LossReport.from_losses`, whose ``D`` is unknown).
         nonfinite: terms whose gradient had a NaN or Inf element.
     """
 
@@ -215,8 +220,63 @@ def polygon_axis_saturation(
     return {"poly_axis_giou_pos": plus, "poly_axis_giou_neg": minus}
 
 
+def term_gradients(report: LossReport, name: str, wrt: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
+    """``d report[name].value / d wrt``: one ``autograd.grad`` with the graph retained, nothing accumulated
+    into ``.grad``; ``None`` for a tensor the term does not reach (every entry when the value has no graph)."""
+    value = report[name].value
+    if not value.requires_grad:
+        return (None,) * len(wrt)
+    return torch.autograd.grad(value, list(wrt), retain_graph=True, allow_unused=True)
+
+
+def gradient_norm(grads: Sequence[Tensor | None], device: torch.device) -> Tensor:
+    """The L2 norm of several gradients taken together (``None`` entries count as zero): 0-dim float32 on
+    ``device``, no host sync."""
+    parts = [torch.linalg.vector_norm(g.detach().float()).to(device) for g in grads if g is not None]
+    return torch.linalg.vector_norm(torch.stack(parts)) if parts else torch.zeros((), device=device)
+
+
+def term_grad_norms(report: LossReport, wrt: Sequence[Tensor], terms: Sequence[str] | None = None) -> Tensor:
+    """Each term's gradient norm ``||d value_t / d wrt||_2`` over all ``wrt`` tensors together: the one
+    per-term gradient-norm routine (the doctor's accounting, the balancers and ``detloss report`` use it).
+
+    One ``autograd.grad`` per term (graph retained), no host sync, this rank only; the report's ``scale``
+    is not applied.
+
+    Args:
+        report: the report, its graph alive.
+        wrt: tensors the gradients are taken with respect to.
+        terms: the terms to measure, in this order (default: all, in report order).
+
+    Returns:
+        ``(T,)`` float32 on ``wrt[0]``'s device.
+
+    Example:
+        >>> x = torch.tensor([3.0, 4.0], requires_grad=True)
+        >>> from detloss.core.report import make_term
+        >>> one = torch.ones(())
+        >>> report = LossReport({"a": make_term("a", 2 * x, one, "sum"), "b": make_term("b", x[1], one, "sum")})
+        >>> term_grad_norms(report, [x])  # |(2, 2)| = sqrt(8), |(0, 1)| = 1
+        tensor([2.8284, 1.0000])
+    """
+    wrt = list(wrt)
+    if not wrt:
+        raise ValueError("wrt must name at least one tensor to take gradients with respect to")
+    names = list(report) if terms is None else list(terms)
+    unknown = [n for n in names if n not in report]
+    if unknown:
+        raise ValueError(f"terms {unknown} are not in the report (it has {list(report)})")
+    device = wrt[0].device
+    return torch.stack([gradient_norm(term_gradients(report, n, wrt), device) for n in names])
+
+
 def _as_float(x: float | Tensor) -> float:
     return float(x.detach()) if isinstance(x, Tensor) else float(x)
+
+
+def _normalizer_text(term: TermRecord, value: float) -> str:
+    """``"12 (num_pos)"``; only the name for a wrapped value (:meth:`LossReport.from_losses`), whose ``D`` is unknown."""
+    return term.normalizer_name if term.wrapped else f"{value:.4g} ({term.normalizer_name})"
 
 
 def _ratio(a: float, b: float) -> float:
@@ -285,15 +345,9 @@ def gradient_accounting(
     dead: dict[str, float] = {}
     nonfinite: list[str] = []
     for name in names:
-        value = report[name].value
-        if value.requires_grad:
-            grads = torch.autograd.grad(value, wrt, retain_graph=True, allow_unused=True)
-        else:
-            grads = (None,) * len(wrt)
+        grads = term_gradients(report, name, wrt)
         # float32 norms, int64 counts, one fraction on the device: no float64 (unsupported on some backends)
-        parts = [torch.linalg.vector_norm(g.detach().float()).to(device) for g in grads if g is not None]
-        norm = torch.linalg.vector_norm(torch.stack(parts)) if parts else torch.zeros((), device=device)
-        stats = [norm * abs(scale)]
+        stats = [gradient_norm(grads, device) * abs(scale)]
         masks = depends.get(name)
         if masks is not None:
             on = torch.zeros((), dtype=torch.long, device=device)
@@ -335,7 +389,7 @@ def gradient_accounting(
         saturated=saturated,
         weights={n: _as_float(report[n].weight) for n in names},
         values={n: flat[n] for n in names},
-        normalizers={n: f"{flat[f'{n}/normalizer']:.4g} ({report[n].normalizer_name})" for n in names},
+        normalizers={n: _normalizer_text(report[n], flat[f"{n}/normalizer"]) for n in names},
         nonfinite=tuple(nonfinite),
     )
 

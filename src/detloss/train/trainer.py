@@ -132,7 +132,7 @@ class Trainer:
             save_config(config, self.out / "config.yaml")
         self.doctor: Doctor | None = None  # gradient accounting, main rank only
         if config.doctor is not None and config.doctor.every_steps and self.dist.is_main:
-            self.doctor = Doctor.from_config(config.doctor, self.out / "doctor.csv")
+            self.doctor = Doctor.from_config(config.doctor, sink=CsvLog(self.out / "doctor.csv").write)
         self.dist.barrier()
         if state is not None:
             self.restore(state, resume, changes)

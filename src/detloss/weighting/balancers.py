@@ -53,6 +53,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from detloss.core.report import LossReport
+from detloss.diagnose.gradients import term_grad_norms
 
 __all__ = [
     "BALANCERS",
@@ -62,31 +63,21 @@ __all__ = [
     "GradNormBalancer",
     "UncertaintyBalancer",
     "build_balancer",
-    "term_grad_norms",
 ]
 
 
-def term_grad_norms(report: LossReport, wrt: Sequence[Tensor], terms: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """Each term's gradient norm w.r.t. ``wrt`` and its loss with weight 1 (``raw_sum / normalizer``).
-
-    One ``autograd.grad`` per term (graph retained), no host sync. Under an initialized process group
-    the squared norms and the losses are summed over ranks (so the norms are those of the whole batch).
+def _norms_and_losses(report: LossReport, wrt: Sequence[Tensor], terms: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Each term's gradient norm w.r.t. ``wrt`` (:func:`~detloss.diagnose.gradients.term_grad_norms`) and its
+    loss with weight 1 (``raw_sum / normalizer``). Under an initialized process group the squared norms
+    and the losses are summed over ranks with one ``all_reduce`` (so the norms are those of the whole batch).
 
     Returns:
         ``norms (T,)`` and ``losses (T,)``, float32, on ``wrt[0]``'s device.
     """
     device = wrt[0].device
-    norms, losses = [], []
-    for name in terms:
-        term = report[name]
-        sq = torch.zeros((), device=device)
-        if term.value.requires_grad:
-            for g in torch.autograd.grad(term.value, wrt, retain_graph=True, allow_unused=True):
-                if g is not None:
-                    sq = sq + g.detach().float().pow(2).sum().to(device)
-        norms.append(sq)
-        losses.append((term.raw_sum.float() / term.normalizer.float()).to(device))
-    stats = torch.stack([torch.stack(norms), torch.stack(losses)])  # (2, T)
+    norms = term_grad_norms(report, wrt, terms)
+    losses = torch.stack([(report[t].raw_sum.float() / report[t].normalizer.float()).to(device) for t in terms])
+    stats = torch.stack([norms.square(), losses])  # (2, T)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(stats)
     return stats[0].sqrt(), stats[1]
@@ -211,7 +202,7 @@ class _Measured(Balancer):
         return step % self.every_steps == 0
 
     def update(self, report: LossReport, feats: Sequence[Tensor]) -> None:
-        norms, losses = term_grad_norms(report, feats, self.terms)
+        norms, losses = _norms_and_losses(report, feats, self.terms)
         g, loss = norms.tolist(), losses.tolist()  # one host sync
         h = [gi / mi for gi, mi in zip(g, self.m, strict=True)]  # norms at multiplier 1
         active = [math.isfinite(hi) and hi > 0 and math.isfinite(li) for hi, li in zip(h, loss, strict=True)]

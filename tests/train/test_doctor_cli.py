@@ -9,8 +9,9 @@ import pytest
 
 from detloss.cli import main
 from detloss.criteria.dense import DenseCriterion
-from detloss.diagnose.doctor import Doctor, read_measurements
+from detloss.diagnose.doctor import Doctor
 from detloss.testing.tiny import TINY_RUN
+from detloss.train.doctor import read_measurements
 
 TINY = [*TINY_RUN]
 TERMS = ("box", "cls", "dfl", "poly")
@@ -21,7 +22,7 @@ def _doctor(tmp_path, *args: str) -> int:
 
 
 def test_dominance_is_found_and_the_recommended_weights_printed(tmp_path, capsys):
-    # report 000's "balanced" option raises the cls gain 70x (0.5 -> 35): cls then takes > 90% of the gradient
+    # raising the cls gain 70x (0.5 -> 35): cls then takes > 90% of the gradient
     out_json = tmp_path / "doctor.json"
     assert _doctor(tmp_path, "loss.weights.cls=35", "--steps", "6", "--every", "2", "--json", str(out_json)) == 0
     text = capsys.readouterr().out

@@ -1,12 +1,12 @@
 """The doctor on the two-stage and grid detectors (issue 7): dominance from a normalizer, collapse from a
-positive weight (report 002's knobs), in real short runs; the healthy part of the collapse runs is the
+positive weight (the RPN's pos_weight), in real short runs; the healthy part of the collapse runs is the
 short training demo of both models (losses fall, detections stay, AP above a floor)."""
 
 from __future__ import annotations
 
 import pytest
 
-from detloss.diagnose.doctor import read_run, recommended_overrides, run_doctor
+from detloss.train.doctor import read_run, recommended_overrides, run_doctor
 from detloss.testing.tiny import TINY_RUN
 from detloss.train.config import load_config
 from detloss.train.logs import read_csv
@@ -18,9 +18,9 @@ SMALL_TWO_STAGE = ["model.proposals_train=64", "roi.sample_num=64", "rpn.sample_
 @pytest.mark.parametrize(
     ("kind", "overrides", "term"),
     [
-        # a sum over every active cell of the batch, weighted up: report 003's objectness
+        # a sum over every active cell of the batch, weighted up: a grid detector's objectness
         ("grid", ["grid.normalizers={obj: sum}", "grid.weights={obj: 10}"], "obj"),
-        # a sum over every sampled anchor: report 002's RPN without avg_factor
+        # a sum over every sampled anchor: an RPN without avg_factor
         ("two_stage", ["rpn.normalizers={obj: sum}", "rpn.weights={obj: 3}"], "rpn_obj"),
     ],
 )
