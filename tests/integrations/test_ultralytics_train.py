@@ -47,3 +47,36 @@ def test_one_epoch_logs_detloss_items(tmp_path):
     # validation (on the EMA model) computed its losses with detloss too
     assert ema_criteria and set(ema_criteria) == {DetectionLoss}  # per epoch, and the final validation
     assert all(float(row[f"val/{n}_loss"]) > 0 for n in ("box", "cls", "dfl"))
+
+
+def _doctor_run(tmp_path, name, cls_gain):
+    data = tmp_path / "data" / "data.yaml"
+    if not data.exists():
+        write_yolo_dataset(tmp_path / "data", train=16, val=4, image_size=64)
+    model = YOLO("yolov8n.yaml")
+    doctor = attach(model, doctor_every=1)
+    model.train(data=str(data), project=str(tmp_path), name=name, cls=cls_gain, **TRAIN)
+    with open(tmp_path / name / "doctor.csv") as f:
+        return doctor, list(csv.DictReader(f))
+
+
+def test_doctor_in_yolo_training_finds_a_large_cls_gain(tmp_path):
+    """A cls gain of 35 on top of ultralytics' box 7.5 / dfl 1.5 (the over-correction a team made to
+    balance a mean-normalized class loss) drowns the other terms' gradients at every step:
+    GRAD_DOMINANCE on cls. With ultralytics' own gain 0.5, cls dominates only the first step, when
+    the untrained head's boxes are all equally wrong."""
+    doctor, rows = _doctor_run(tmp_path, "gain35", 35.0)
+    assert [int(float(r["step"])) for r in rows] == [0, 1]  # every training step, none from validation
+    for r in rows:
+        shares = [float(r[f"{t}/grad_share"]) for t in ("box", "cls", "dfl")]
+        norms = [float(r[f"{t}/grad_norm"]) for t in ("box", "cls", "dfl")]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-6)
+        assert shares[1] == pytest.approx(norms[1] / sum(norms), rel=1e-6)  # share = norm / sum of norms
+        assert float(r["cls/weight"]) == 35.0 and float(r["box/weight"]) == 7.5
+        assert shares[1] > 0.9
+    found = [f for f in doctor.findings() if f.code == "GRAD_DOMINANCE"]
+    assert [f.term for f in found] == ["cls"] and "Seen at 2 of 2 measured steps" in found[0].message
+    assert "GRAD_DOMINANCE" in (tmp_path / "gain35" / "findings.txt").read_text()
+
+    _, default_rows = _doctor_run(tmp_path, "gain05", 0.5)
+    assert float(default_rows[1]["cls/grad_share"]) < 0.9 < float(rows[1]["cls/grad_share"])

@@ -21,6 +21,8 @@ ultralytics is imported only inside the functions that need it, so ``import detl
 
 from __future__ import annotations
 
+import csv
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detloss.core.atomic import atomic_write
 from detloss.criteria.dense import DenseCriterion
+from detloss.diagnose.doctor import Doctor, findings_table, shares_table
 
 #: ultralytics' own gains (``default.yaml``), used when ``model.args`` lacks one.
 ULTRALYTICS_GAINS = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
@@ -79,8 +83,9 @@ class DetectionLoss:
         preset: ``"ultralytics"`` for ``v8DetectionLoss``'s exact numbers, ``None`` for detloss defaults.
         weights: term gains overriding ``model.args.box/cls/dfl`` (e.g. ``{"cls": 1.0}``).
         normalizers: term -> normalizer name, e.g. ``{"cls": "num_pos"}``.
-        doctor: an optional callable ``doctor(report, preds)`` run on training calls (the graph is
-            alive there); :func:`attach` passes the doctor's sampler.
+        doctor: an optional :class:`~detloss.diagnose.doctor.Doctor`; on the training calls it is due
+            (its ``every_steps``), it measures each term's gradient w.r.t. the head outputs ``preds["boxes"]``
+            and ``preds["scores"]`` inside this call, where the graph is alive.
         **options: any other :class:`DenseCriterion` keyword (``cls_loss``, ``background``, ``box_loss``, ...).
 
     Returns (on call): ``(loss, items)``: ``loss`` ``(T,)`` the term values times the batch size (what
@@ -115,6 +120,7 @@ class DetectionLoss:
             **options,
         ).to(next(model.parameters()).device)
         self.doctor = doctor
+        self.steps = 0  # training calls so far: the doctor's step count
         self.last_report = None
 
     def __call__(self, preds: Any, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -122,8 +128,10 @@ class DetectionLoss:
         targets = {"batch_idx": batch["batch_idx"], "cls": batch["cls"].reshape(-1), "bboxes": batch["bboxes"]}
         report = self.criterion(level_maps(preds), targets)
         self.last_report = report
-        if self.doctor is not None and torch.is_grad_enabled() and preds["scores"].requires_grad:
-            self.doctor(report, preds)
+        if torch.is_grad_enabled() and preds["scores"].requires_grad:  # a training call, not validation
+            if self.doctor is not None and self.doctor.due(self.steps):
+                self.doctor.observe(self.steps, report, wrt=[preds["boxes"], preds["scores"]])
+            self.steps += 1
         values = torch.stack([term.value for term in report.values()])
         items = {f"{name}_loss": v for name, v in zip(report, values.detach(), strict=True)}
         return values * preds["scores"].shape[0], items
@@ -134,6 +142,23 @@ class DetectionLoss:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def write_doctor(doctor: Doctor, out_dir: str | Path) -> list:
+    """Write ``doctor.csv`` (one row per measurement: each term's value, gradient norm and share) and
+    ``findings.txt`` into ``out_dir``, atomically; return the findings."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    found = doctor.findings()
+    rows = [m.row() for m in doctor.measurements]
+    if rows:
+        with atomic_write(out / "doctor.csv", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+            writer.writeheader()
+            writer.writerows(rows)
+    with atomic_write(out / "findings.txt") as f:
+        f.write((shares_table(doctor.measurements) + "\n\n" if rows else "") + findings_table(found) + "\n")
+    return found
 
 
 def attach(
@@ -153,16 +178,12 @@ def attach(
     :class:`DetectionLoss`; with ``doctor_every > 0`` the doctor measures each term's gradient share
     w.r.t. the head outputs every that many training steps and, at the end of training, writes
     ``doctor.csv`` and ``findings.txt`` into ``out_dir`` (default: the trainer's run folder).
-    Returns the :class:`~detloss.integrations.ultralytics_doctor.LossDoctor` when ``doctor_every > 0``,
-    else ``None``.
+    Returns the :class:`~detloss.diagnose.doctor.Doctor` (``None`` when ``doctor_every == 0``): its
+    ``measurements`` and ``findings()`` are there to read after training too.
     """
     if doctor_every < 0:
         raise ValueError(f"doctor_every must be >= 0 (0 turns the doctor off), got {doctor_every}")
-    doctor = None
-    if doctor_every:
-        from detloss.integrations.ultralytics_doctor import LossDoctor
-
-        doctor = LossDoctor(every=doctor_every)
+    doctor = Doctor(doctor_every) if doctor_every else None
     kwargs = dict(preset=preset, weights=weights, normalizers=normalizers, **options)
     if isinstance(target, torch.nn.Module) and not hasattr(target, "add_callback"):
         target.criterion = DetectionLoss(_unwrap(target), doctor=doctor, **kwargs)
@@ -175,8 +196,9 @@ def attach(
             trainer.ema.ema.criterion = DetectionLoss(trainer.ema.ema, **kwargs)
 
     def on_train_end(trainer: Any) -> None:
-        if doctor is not None:
-            doctor.finish(Path(out_dir) if out_dir is not None else Path(trainer.save_dir))
+        if doctor is not None and int(os.environ.get("RANK", -1)) in (-1, 0):  # one writer under DDP
+            found = write_doctor(doctor, out_dir if out_dir is not None else trainer.save_dir)
+            print(f"detloss doctor: {len(doctor.measurements)} measurements, {len(found)} findings")
 
     if not hasattr(target, "add_callback"):
         raise ValueError(f"target must be a DetectionModel, a YOLO object or a trainer; got {type(target).__name__}")
