@@ -78,9 +78,11 @@ class RCNNLoss(nn.Module):
         weights: term -> gain. normalizers: ``ModuleDict`` term -> :class:`Normalizer` (EMA state in
         ``state_dict``). rpn_pos_weight, roi_fg_weight: floats.
         last_report: the :class:`LossReport` of the last training forward (all terms), for the doctor.
-        last_outputs: ``{"objectness": (B*A,), "class_logits": (R, C), ...}`` the head outputs the last
-            report was computed from (attached to its graph), and ``last_samples`` the ``(B*A,)`` /
-            ``(R,)`` bool masks ``rpn_pos``, ``rpn_neg``, ``roi_pos`` over them.
+        last_outputs: the head outputs the last report was computed from, attached to its graph (for
+            :func:`detloss.diagnose.gradients.gradient_accounting`): ``objectness (B*A,)``,
+            ``rpn_deltas (B*A, 4)``, ``class_logits (R, C)``, ``box_regression (R, 4 C)`` and
+            ``mask_logits (P, C, S, S)``; ``last_samples``: bool masks ``rpn_pos``, ``rpn_neg`` ``(B*A,)``
+            and ``roi_pos`` ``(R,)`` over them.
     """
 
     def __init__(self, terms, weights, normalizers, rpn_pos_weight: float, roi_fg_weight: float) -> None:
@@ -230,6 +232,8 @@ class DetlossRoIHeads(RoIHeads):
             mask_el = bce_with_logits(picked, mask_targets.to(picked.dtype)).mean((-2, -1))
             terms["mask"] = state.term("mask", mask_el, denom, num_pos, mask_logits)
         state.last_outputs = state.last_outputs | {"class_logits": class_logits, "box_regression": box_regression}
+        if mask_logits is not None:
+            state.last_outputs["mask_logits"] = mask_logits
         state.last_samples = state.last_samples | {"roi_pos": pos}
         return terms
 
