@@ -61,7 +61,8 @@ def _grads(losses: dict, params: list) -> list[torch.Tensor]:
     out = []
     for key in sorted(losses):
         g = torch.autograd.grad(losses[key], params, retain_graph=True, allow_unused=True)
-        out.append(torch.cat([(torch.zeros_like(p) if x is None else x).flatten() for x, p in zip(g, params)]))
+        flat = [(torch.zeros_like(p) if x is None else x).flatten() for x, p in zip(g, params, strict=True)]
+        out.append(torch.cat(flat))
     return out
 
 
@@ -82,8 +83,8 @@ def test_torchvision_preset_reproduces_torchvision_values_and_gradients(mask):
         report = ours.detloss.last_report
         assert list(report) == ["rpn_obj", "rpn_box", "cls", "box"] + (["mask"] if mask else [])
         assert report["box"].num_pos > 0  # the box and mask terms are not vacuous
-        for g, e, key in zip(_grads(got, list(ours.parameters())), _grads(expected, list(reference.parameters())),
-                             sorted(expected)):
+        ours_g, ref_g = _grads(got, list(ours.parameters())), _grads(expected, list(reference.parameters()))
+        for g, e, key in zip(ours_g, ref_g, sorted(expected), strict=True):
             assert e.abs().max() > 0, key
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7, msg=key)
 
@@ -219,3 +220,15 @@ def test_positive_weight_cut_1000x_starves_the_positives_of_classification_gradi
         assert p0 / (p0 + n0) < 1e-3, (term, p0, n0)
         # ...while the term's total gradient norm barely moves: the collapse is invisible at term level
         assert starved[7]["norms"][term] > 0.8 * healthy[7]["norms"][term], term
+
+
+def test_attached_model_pickles_with_its_shared_detloss_state():
+    import pickle
+
+    import detloss.integrations.torchvision as tv
+
+    model = _model(mask=False)
+    attach(model)
+    copy_ = pickle.loads(pickle.dumps(model))
+    assert type(copy_.rpn) is tv.DetlossRPN and type(copy_.roi_heads) is tv.DetlossRoIHeads
+    assert copy_.rpn.__dict__["_detloss"] is copy_.detloss is copy_.roi_heads.__dict__["_detloss"]

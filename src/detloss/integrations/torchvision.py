@@ -27,7 +27,8 @@ box        loss_box_reg         smooth-L1 (1/9) per positive, 4 summed  num_samp
 mask       loss_mask            BCE pixel mean per positive ROI         num_pos      num_pos
 =========  ===================  ======================================  ===========  ==============
 
-torchvision is imported at the top of this module only; ``import detloss`` never imports it.
+torchvision is imported on first use (:func:`attach`, or reading ``DetlossRPN`` / ``DetlossRoIHeads``), so
+this module imports, and its docs build, without it; ``import detloss`` never imports it.
 """
 
 from __future__ import annotations
@@ -36,10 +37,6 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
-from torchvision.models.detection.rpn import RegionProposalNetwork
-
 from detloss.core.normalize import build_normalizers, denominators
 from detloss.core.report import LossReport, make_term
 from detloss.criteria import roi as roi_criterion
@@ -47,7 +44,7 @@ from detloss.criteria import rpn as rpn_criterion
 from detloss.functional.classification import bce_with_logits, softmax_cross_entropy
 from detloss.functional.regression import smooth_l1
 
-__all__ = ["DEFAULT_NORMALIZERS", "KEYS", "PRESETS", "DetlossRPN", "DetlossRoIHeads", "RCNNLoss", "attach"]
+__all__ = ["DEFAULT_NORMALIZERS", "KEYS", "PRESETS", "RCNNLoss", "attach"]  # and DetlossRPN, DetlossRoIHeads (lazy)
 
 #: term -> torchvision's loss-dict key.
 KEYS = {
@@ -120,8 +117,8 @@ def _loss(module: nn.Module) -> RCNNLoss:
     return loss
 
 
-class DetlossRPN(RegionProposalNetwork):
-    """torchvision's RPN with ``compute_loss`` built from detloss terms ``rpn_obj`` and ``rpn_box``."""
+class _RPNLoss:
+    """``DetlossRPN``: torchvision's RPN with ``compute_loss`` built from detloss terms ``rpn_obj`` and ``rpn_box``."""
 
     def compute_loss(
         self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
@@ -162,8 +159,9 @@ class DetlossRPN(RegionProposalNetwork):
         return state._rpn_terms["rpn_obj"].value, state._rpn_terms["rpn_box"].value
 
 
-class DetlossRoIHeads(RoIHeads):
-    """torchvision's ``RoIHeads`` whose training forward computes ``cls``, ``box`` (and ``mask``) with detloss.
+class _RoIHeadsLoss:
+    """``DetlossRoIHeads``: torchvision's ``RoIHeads`` whose training forward computes ``cls``, ``box`` (and
+    ``mask``) with detloss.
 
     Evaluation (``self.training`` false) is torchvision's own ``forward``.
     """
@@ -173,6 +171,8 @@ class DetlossRoIHeads(RoIHeads):
             return super().forward(features, proposals, image_shapes, targets)
         if self.has_keypoint():
             raise ValueError("model has a keypoint head; detloss's torchvision adapter covers boxes and masks only")
+        from torchvision.models.detection.roi_heads import project_masks_on_boxes
+
         state = _loss(self)
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         feats = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
@@ -180,14 +180,15 @@ class DetlossRoIHeads(RoIHeads):
         mask_logits = mask_targets = mask_labels = None
         if self.has_mask():
             pos_idx = [torch.where(lab > 0)[0] for lab in labels]
-            mask_boxes = [p[i] for p, i in zip(proposals, pos_idx)]
-            mask_matched = [m[i] for m, i in zip(matched_idxs, pos_idx)]
+            mask_boxes = [p[i] for p, i in zip(proposals, pos_idx, strict=True)]
+            mask_matched = [m[i] for m, i in zip(matched_idxs, pos_idx, strict=True)]
             mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_boxes, image_shapes)))
             size = mask_logits.shape[-1]
             mask_targets = torch.cat([
-                project_masks_on_boxes(t["masks"], b, m, size) for t, b, m in zip(targets, mask_boxes, mask_matched)
+                project_masks_on_boxes(t["masks"], b, m, size)
+                for t, b, m in zip(targets, mask_boxes, mask_matched, strict=True)
             ])
-            mask_labels = torch.cat([t["labels"][m] for t, m in zip(targets, mask_matched)])
+            mask_labels = torch.cat([t["labels"][m] for t, m in zip(targets, mask_matched, strict=True)])
         terms = self.detloss_terms(class_logits, box_regression, labels, regression_targets,
                                    mask_logits, mask_targets, mask_labels)
         state.finish(terms)
@@ -238,6 +239,25 @@ class DetlossRoIHeads(RoIHeads):
         return terms
 
 
+def _classes() -> tuple[type, type]:
+    """``(DetlossRPN, DetlossRoIHeads)``, made on first use as subclasses of torchvision's heads; they are
+    module attributes, so pickling and ``copy.deepcopy`` find them."""
+    if "DetlossRPN" not in globals():
+        from torchvision.models.detection.roi_heads import RoIHeads
+        from torchvision.models.detection.rpn import RegionProposalNetwork
+
+        for name, mixin, base in (("DetlossRPN", _RPNLoss, RegionProposalNetwork),
+                                  ("DetlossRoIHeads", _RoIHeadsLoss, RoIHeads)):
+            globals()[name] = type(name, (mixin, base), {"__module__": __name__, "__doc__": mixin.__doc__})
+    return globals()["DetlossRPN"], globals()["DetlossRoIHeads"]
+
+
+def __getattr__(name: str):
+    if name in ("DetlossRPN", "DetlossRoIHeads"):
+        return dict(zip(("DetlossRPN", "DetlossRoIHeads"), _classes(), strict=True))[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _check_names(arg: str, given: Mapping, terms: list[str]) -> None:
     unknown = sorted(set(given) - set(terms))
     if unknown:
@@ -280,6 +300,10 @@ def attach(
         ValueError naming the argument: wrong model type, unknown preset, term or normalizer,
         non-positive or non-finite weights.
     """
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+    from torchvision.models.detection.roi_heads import RoIHeads
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
     model = model.module if isinstance(getattr(model, "module", None), nn.Module) else model
     if not isinstance(model, GeneralizedRCNN) or not isinstance(getattr(model, "rpn", None), RegionProposalNetwork) \
             or not isinstance(getattr(model, "roi_heads", None), RoIHeads):
@@ -303,8 +327,7 @@ def attach(
     except ValueError as err:
         raise ValueError(f"normalizers: {err}") from None
     model.detloss = loss
-    model.rpn.__class__ = DetlossRPN
-    model.roi_heads.__class__ = DetlossRoIHeads
+    model.rpn.__class__, model.roi_heads.__class__ = _classes()
     model.rpn.__dict__["_detloss"] = loss
     model.roi_heads.__dict__["_detloss"] = loss
     return loss
