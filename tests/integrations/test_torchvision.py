@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -152,7 +153,7 @@ def test_roi_fg_weight_weights_the_foreground_classification_elements():
     ],
 )
 def test_attach_rejects_bad_input_naming_the_argument(kwargs, word):
-    with pytest.raises(ValueError, match=word.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ValueError, match="^" + re.escape(word)):
         attach(_model(mask=False), **kwargs)
 
 
@@ -161,6 +162,10 @@ def test_attach_rejects_a_model_that_is_not_an_rcnn():
         attach(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="mask"):
         attach(_model(mask=False), weights={"mask": 1.0})  # a Faster R-CNN has no mask term
+    model = _model(mask=False)
+    model.rpn.__class__ = type("MyRPN", (type(model.rpn),), {})
+    with pytest.raises(ValueError, match="model.rpn is a MyRPN"):
+        attach(model)
 
 
 def test_eval_path_is_torchvision_and_state_dict_keeps_the_weights():

@@ -311,6 +311,12 @@ def attach(
             f"model must be a torchvision GeneralizedRCNN (FasterRCNN, MaskRCNN) with RegionProposalNetwork and "
             f"RoIHeads; got {type(model).__name__}"
         )
+    rpn_cls, roi_cls = _classes()
+    for name, part, base, ours in (("rpn", model.rpn, RegionProposalNetwork, rpn_cls),
+                                   ("roi_heads", model.roi_heads, RoIHeads, roi_cls)):
+        if type(part) not in (base, ours):  # a class swap would drop the subclass's own overrides
+            raise ValueError(f"model.{name} is a {type(part).__name__}; attach replaces torchvision's own "
+                             f"{base.__name__} only")
     if model.roi_heads.has_keypoint():
         raise ValueError("model has a keypoint head; attach covers Faster R-CNN and Mask R-CNN only")
     if preset not in PRESETS:
@@ -321,13 +327,13 @@ def attach(
     _check_names("normalizers", normalizers, terms)
     gains = {t: 1.0 for t in terms} | {t: _positive(f"weights[{t!r}]", w) for t, w in weights.items()}
     specs = {t: PRESETS[preset][t] for t in terms} | normalizers
+    pos_weights = _positive("rpn_pos_weight", rpn_pos_weight), _positive("roi_fg_weight", roi_fg_weight)
     try:
-        loss = RCNNLoss(terms, gains, specs, _positive("rpn_pos_weight", rpn_pos_weight),
-                        _positive("roi_fg_weight", roi_fg_weight))
+        loss = RCNNLoss(terms, gains, specs, *pos_weights)
     except ValueError as err:
         raise ValueError(f"normalizers: {err}") from None
     model.detloss = loss
-    model.rpn.__class__, model.roi_heads.__class__ = _classes()
+    model.rpn.__class__, model.roi_heads.__class__ = rpn_cls, roi_cls
     model.rpn.__dict__["_detloss"] = loss
     model.roi_heads.__dict__["_detloss"] = loss
     return loss
