@@ -18,6 +18,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign  # noqa: E402
 
 from detloss.data.shapes import ShapesDataset  # noqa: E402
+from detloss.diagnose.doctor import Doctor  # noqa: E402
 from detloss.diagnose.gradients import gradient_accounting  # noqa: E402
 from detloss.integrations.torchvision import KEYS, attach  # noqa: E402
 
@@ -132,12 +133,15 @@ def test_roi_fg_weight_weights_the_foreground_classification_elements():
     g = torch.Generator().manual_seed(1)
     labels = [torch.tensor([3, 0, 0, 1]), torch.tensor([0, 6, 0])]
     logits = torch.randn(7, NUM_CLASSES, generator=g)
-    terms = model.roi_heads.detloss_terms(logits, torch.randn(7, 4 * NUM_CLASSES, generator=g), labels,
-                                          torch.randn(7, 4, generator=g))
+    terms, parts = model.roi_heads.detloss_terms(logits, torch.randn(7, 4 * NUM_CLASSES, generator=g), labels,
+                                                 torch.randn(7, 4, generator=g))
     ce = F.cross_entropy(logits, torch.cat(labels), reduction="none")
     fg = torch.tensor([1, 0, 0, 1, 0, 1, 0], dtype=torch.bool)
     expected = 0.5 * (4.0 * ce[fg].sum() + ce[~fg].sum()) / 7  # default cls normalizer: num_samples
     assert float(terms["cls"].value.detach()) == pytest.approx(float(expected), rel=1e-6)
+    # the doctor's split: foreground and background parts of the same term
+    assert float(parts["cls_fg"].value.detach()) == pytest.approx(float(0.5 * 4.0 * ce[fg].sum() / 7), rel=1e-6)
+    assert float(parts["cls_bg"].value.detach()) == pytest.approx(float(0.5 * ce[~fg].sum() / 7), rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -180,51 +184,46 @@ def test_eval_path_is_torchvision_and_state_dict_keeps_the_weights():
     assert set(reference.state_dict()) <= set(ours.state_dict())
 
 
-def _positives_gradient(state, term: str, output: str, pos: torch.Tensor) -> tuple[float, float]:
-    """``(||d term / d output|| over the positive rows, over the other rows)``."""
-    (g,) = torch.autograd.grad(state.last_report[term].value, state.last_outputs[output], retain_graph=True)
-    rows = g.reshape(g.shape[0], -1)
-    return float(rows[pos].norm()), float(rows[~pos].norm())
-
-
 def _train(pos_weight: float, steps: int = 8) -> dict:
-    """SGD on shapes images; per-term gradient norms w.r.t. the head outputs at the first and last step."""
+    """SGD on shapes images with the doctor observing every step; the positives' and negatives' gradient
+    norms of the two classification terms at the first and last step."""
     model = _model()
     state = attach(model, rpn_pos_weight=pos_weight, roi_fg_weight=pos_weight)
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    doctor = Doctor()
     torch.manual_seed(0)
-    seen = {"loss_classifier": []}
+    seen = {"loss_classifier": [], "doctor": doctor}
     for step in range(steps):
         losses = model(*_batch(2 * step, 2))
         seen["loss_classifier"].append(float(losses["loss_classifier"].detach()))
-        if step in (0, steps - 1):
-            s, out = state.last_samples, state.last_outputs
-            wrt = [out[k] for k in ("objectness", "rpn_deltas", "class_logits", "box_regression", "mask_logits")]
-            seen[step] = {
-                "norms": gradient_accounting(state.last_report, wrt).norms,
-                # the objectness gradient is zero off the sampled anchors: split the sampled ones
-                "rpn_obj": _positives_gradient(state, "rpn_obj", "objectness", s["rpn_pos"]),
-                "cls": _positives_gradient(state, "cls", "class_logits", s["roi_pos"]),
-            }
+        out = state.last_outputs
+        # the classification terms split into positives and negatives, w.r.t. the two classifiers' logits
+        parts = doctor.observe(step, state.last_parts, wrt=[out["objectness"], out["class_logits"]])
+        whole = gradient_accounting(state.last_report, [out["objectness"], out["class_logits"]], terms=["rpn_obj", "cls"])
+        seen[step] = {"parts": parts.account.norms, "whole": whole.norms}
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
     return seen
 
 
-def test_positive_weight_cut_1000x_starves_the_positives_of_classification_gradient():
+def test_positive_weight_cut_1000x_starves_the_positives_and_the_doctor_says_so():
     healthy, starved = _train(1.0), _train(1e-3)
     assert healthy["loss_classifier"][-1] < 0.8 * healthy["loss_classifier"][0]  # it trains (1.96 -> 1.22)
-    for term in ("rpn_obj", "cls"):
+    for pos, neg in (("rpn_obj_pos", "rpn_obj_neg"), ("cls_fg", "cls_bg")):
         # step 0, same weights and samples: the positives' gradient is exactly 1000x smaller, the rest equal
-        (p1, n1), (p0, n0) = healthy[0][term], starved[0][term]
-        assert p0 == pytest.approx(1e-3 * p1, rel=1e-4) and n0 == pytest.approx(n1, rel=1e-5)
-        # after 8 steps: positives' share of the term's gradient, 17% (rpn) and 31% (roi) vs about 3e-4
-        (p1, n1), (p0, n0) = healthy[7][term], starved[7][term]
-        assert p1 / (p1 + n1) > 0.1, (term, p1, n1)
-        assert p0 / (p0 + n0) < 1e-3, (term, p0, n0)
-        # ...while the term's total gradient norm barely moves: the collapse is invisible at term level
-        assert starved[7]["norms"][term] > 0.8 * healthy[7]["norms"][term], term
+        assert starved[0]["parts"][pos] == pytest.approx(1e-3 * healthy[0]["parts"][pos], rel=1e-4)
+        assert starved[0]["parts"][neg] == pytest.approx(healthy[0]["parts"][neg], rel=1e-5)
+        # after 8 steps the negatives outweigh the positives 2-5x when healthy, over 1000x when starved
+        h, s = healthy[7]["parts"], starved[7]["parts"]
+        assert h[neg] / h[pos] < 10, (pos, h)
+        assert s[neg] / s[pos] > 1000, (pos, s)
+    # ...while each whole term's gradient norm barely moves: invisible without the split
+    for term in ("rpn_obj", "cls"):
+        assert starved[7]["whole"][term] > 0.8 * healthy[7]["whole"][term], term
+    starved_terms = {f.term for f in starved["doctor"].findings() if f.code == "GRAD_STARVED"}
+    assert {"rpn_obj_pos", "cls_fg"} <= starved_terms
+    assert not [f for f in healthy["doctor"].findings() if f.code == "GRAD_STARVED" and f.term in ("rpn_obj_pos", "cls_fg")]
 
 
 def test_attached_model_pickles_with_its_shared_detloss_state():

@@ -75,6 +75,9 @@ class RCNNLoss(nn.Module):
         weights: term -> gain. normalizers: ``ModuleDict`` term -> :class:`Normalizer` (EMA state in
         ``state_dict``). rpn_pos_weight, roi_fg_weight: floats.
         last_report: the :class:`LossReport` of the last training forward (all terms), for the doctor.
+        last_parts: the two classification terms split by sample kind, ``rpn_obj_pos + rpn_obj_neg =
+            rpn_obj`` and ``cls_fg + cls_bg = cls`` (same normalizer and weight), for the doctor: the
+            positives' gradient can vanish while the whole term's gradient looks healthy.
         last_outputs: the head outputs the last report was computed from, attached to its graph (for
             :func:`detloss.diagnose.gradients.gradient_accounting`): ``objectness (B*A,)``,
             ``rpn_deltas (B*A, 4)``, ``class_logits (R, C)``, ``box_regression (R, 4 C)`` and
@@ -90,7 +93,9 @@ class RCNNLoss(nn.Module):
         self.rpn_pos_weight = float(rpn_pos_weight)
         self.roi_fg_weight = float(roi_fg_weight)
         self._rpn_terms: dict = {}
+        self._rpn_parts: dict = {}
         self.last_report: LossReport | None = None
+        self.last_parts: LossReport | None = None
         self.last_outputs: dict[str, Tensor] = {}
         self.last_samples: dict[str, Tensor] = {}
 
@@ -105,9 +110,10 @@ class RCNNLoss(nn.Module):
         per_term = {"*": counts} | {n: {"num_elements": c} for n, c in elements.items()}
         return denominators({n: self.normalizers[n] for n in elements}, per_term, device=device)
 
-    def finish(self, terms: dict) -> None:
+    def finish(self, terms: dict, parts: dict) -> None:
         self.last_report = LossReport(self._rpn_terms | terms)
-        self._rpn_terms = {}
+        self.last_parts = LossReport(self._rpn_parts | parts)
+        self._rpn_terms, self._rpn_parts = {}, {}
 
 
 def _loss(module: nn.Module) -> RCNNLoss:
@@ -154,6 +160,11 @@ class _RPNLoss:
             "rpn_obj": state.term("rpn_obj", obj_el, denom, num_pos, obj),
             "rpn_box": state.term("rpn_box", box_el, denom, num_pos, pred_bbox_deltas),
         }
+        is_pos = pos[sampled]
+        state._rpn_parts = {
+            "rpn_obj_pos": state.term("rpn_obj", obj_el[is_pos], denom, num_pos, obj),
+            "rpn_obj_neg": state.term("rpn_obj", obj_el[~is_pos], denom, num_pos, obj),
+        }
         state.last_outputs = {"objectness": obj, "rpn_deltas": pred_bbox_deltas}
         state.last_samples = {"rpn_pos": pos, "rpn_neg": neg}
         return state._rpn_terms["rpn_obj"].value, state._rpn_terms["rpn_box"].value
@@ -189,9 +200,9 @@ class _RoIHeadsLoss:
                 for t, b, m in zip(targets, mask_boxes, mask_matched, strict=True)
             ])
             mask_labels = torch.cat([t["labels"][m] for t, m in zip(targets, mask_matched, strict=True)])
-        terms = self.detloss_terms(class_logits, box_regression, labels, regression_targets,
-                                   mask_logits, mask_targets, mask_labels)
-        state.finish(terms)
+        terms, parts = self.detloss_terms(class_logits, box_regression, labels, regression_targets,
+                                          mask_logits, mask_targets, mask_labels)
+        state.finish(terms, parts)
         return [], {KEYS[name]: term.value for name, term in terms.items()}
 
     def detloss_terms(self, class_logits, box_regression, labels, regression_targets,
@@ -206,7 +217,7 @@ class _RoIHeadsLoss:
                 ``[0, 1]``, mask_labels ``(P,)``; ``None`` without a mask head.
 
         Returns:
-            ``{"cls": Term, "box": Term[, "mask": Term]}``.
+            ``({"cls": ..., "box": ...[, "mask": ...]}, {"cls_fg": ..., "cls_bg": ...})`` term records.
         """
         state = _loss(self)
         lab = torch.cat(labels)
@@ -232,11 +243,16 @@ class _RoIHeadsLoss:
             picked = mask_logits[torch.arange(mask_labels.numel(), device=mask_logits.device), mask_labels]
             mask_el = bce_with_logits(picked, mask_targets.to(picked.dtype)).mean((-2, -1))
             terms["mask"] = state.term("mask", mask_el, denom, num_pos, mask_logits)
+        parts = {
+            f"cls_{kind}": state.term("cls", cls_el[rows], denom, num_pos, class_logits,
+                                      weights=None if cls_w is None else cls_w[rows])
+            for kind, rows in (("fg", pos), ("bg", ~pos))
+        }
         state.last_outputs = state.last_outputs | {"class_logits": class_logits, "box_regression": box_regression}
         if mask_logits is not None:
             state.last_outputs["mask_logits"] = mask_logits
         state.last_samples = state.last_samples | {"roi_pos": pos}
-        return terms
+        return terms, parts
 
 
 def _classes() -> tuple[type, type]:
