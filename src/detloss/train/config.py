@@ -178,12 +178,11 @@ class ROIConfig(_Strict):
 
 class GridConfig(_Strict):
     """Every option of :class:`detloss.criteria.multigrid.MultigridCriterion` (terms ``loc``, ``obj``,
-    ``cls``). Every term unset in ``normalizers`` uses ``batch_size``: per-image sums, so train and
-    validation losses are comparable (report 003; the criterion's own defaults are the report's per-batch
-    cell counts)."""
+    ``cls``; its defaults: ``batch_size`` normalizers, per-image sums, so train and validation losses are
+    comparable). The grid's stride is ``model.stride``."""
 
     weights: dict[str, NonNegative] = Field(default_factory=dict)
-    normalizers: Normalizers = Field(default_factory=dict)  # unset terms: batch_size
+    normalizers: Normalizers = Field(default_factory=dict)  # unset terms: the criterion's (batch_size)
     loc_loss: Literal["mse", "l1", "smooth_l1"] = "mse"
     cls_loss: Literal["bce", "ce"] = "ce"
     obj_pos_weight: float = Field(1.0, gt=0)
