@@ -73,7 +73,8 @@ def test_bad_values_raise_naming_the_argument():
     with pytest.raises(ValueError, match=r"targets\['cls'\]\[1\] is 7; expected an integer in \[0, 3\)"):
         Targets.from_dict({**YOLO, "cls": torch.tensor([1, 7])}, 2, HW, num_classes=3)
     with pytest.raises(ValueError, match=r"images\[1\]\['boxes'\]\[0\] is \[24, 50, 40, 48\]"):
-        Targets.from_per_image([PER_IMAGE[0], {"boxes": torch.tensor([[24.0, 50, 40, 48]]), "labels": torch.tensor([0])}])
+        inverted = {"boxes": torch.tensor([[24.0, 50, 40, 48]]), "labels": torch.tensor([0])}  # y1 > y2
+        Targets.from_per_image([PER_IMAGE[0], inverted])
     t = Targets.from_dict(YOLO, 2, HW)
     with pytest.raises(ValueError, match=r"targets.cls\[0\] is 2; expected an integer in \[0, 2\)"):
         t.validate(num_classes=2)
@@ -142,7 +143,7 @@ def test_weights_per_call_override_the_base_gains_without_changing_them():
     two = TwoStageCriterion(RPNCriterion(sample_num=8), ROICriterion(3, with_mask=False, sample_num=8))
     assert two.weights == {"rpn_obj": 1.0, "rpn_box": 1.0, "roi_cls": 1.0, "roi_box": 1.0}
     outputs = {
-        "objectness": torch.zeros(2, 1), "rpn_deltas": torch.zeros(2, 1, 4), "anchors": torch.tensor([[24.0, 16, 40, 48]]),
+        "objectness": torch.zeros(2, 1), "rpn_deltas": torch.zeros(2, 1, 4), "anchors": PIXELS[:1],
         "cls_logits": torch.zeros(1, 4), "box_deltas": torch.zeros(1, 3, 4), "rois": PIXELS[:1],
         "roi_image": torch.tensor([1]),
     }  # fmt: skip

@@ -256,17 +256,23 @@ class DenseCriterion(TermCriterion):
         terms["box"] = self._term("box", box_el, denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=anchor)
         cls_el = self._cls_elements(head, t, ignore)
         num_cls = (head.batch_size * head.num_anchors - _count(ignore)) * self.num_classes
-        terms["cls"] = self._term("cls", cls_el, denom, gains=gains, num_pos=num_pos, anchor=anchor, num_elements=num_cls)
+        terms["cls"] = self._term(
+            "cls", cls_el, denom, gains=gains, num_pos=num_pos, anchor=anchor, num_elements=num_cls
+        )
         target_ltrb = bbox2dist(t.points, t.boxes)
         if self.reg_max > 1:
             dfl_el = distribution_focal(pos_logits.reshape(-1, self.reg_max), target_ltrb.reshape(-1)).view(-1, 4)
         else:
             dfl_el = l1(pos_ltrb, target_ltrb)
-        terms["dfl"] = self._term("dfl", dfl_el.mean(-1), denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=anchor)
+        terms["dfl"] = self._term(
+            "dfl", dfl_el.mean(-1), denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=anchor
+        )
         if self.num_vertices:
             offsets = head.gather(head.poly, t.image, t.anchor).float().view(-1, self.num_vertices, 2)
             poly_el = self._polygon_elements(t.points[:, None, :] + offsets, t.polygons, t.polygon_valid)
-            terms["poly"] = self._term("poly", poly_el, denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=head.poly[0])
+            terms["poly"] = self._term(
+                "poly", poly_el, denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=head.poly[0]
+            )
         if self.background is not None:
             negative = ~fg if ignore is None else ~(fg | ignore)
             terms["bg"] = self._term(

@@ -173,10 +173,13 @@ class MultigridCriterion(TermCriterion):
         with this criterion's ``stride`` and ``ignore_iou``), on ``device``; ``batch_size``: the images
         of the predictions (required for dict targets, checked for :class:`Targets`)."""
         if isinstance(targets, Targets):
-            gt = targets.to(device or targets.boxes.device).validate(num_classes=self.num_classes, batch_size=batch_size)
+            gt = targets.to(device or targets.boxes.device)
+            gt = gt.validate(num_classes=self.num_classes, batch_size=batch_size)
         else:
             if isinstance(targets, Mapping) and "object_mask" in targets:
-                raise ValueError("targets are already encoded into cells ('object_mask' ...): call cell_loss(pred, targets)")
+                raise ValueError(
+                    "targets are already encoded into cells ('object_mask' ...): call cell_loss(pred, targets)"
+                )
             if batch_size is None:
                 raise ValueError("encode needs batch_size for dict targets (images without objects count too)")
             h, w = grid_hw

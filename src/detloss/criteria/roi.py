@@ -198,9 +198,9 @@ class ROICriterion(SampledCriterion):
     without GT contributes sampled negatives; a batch without positive ROI gives ``box`` and ``mask``
     terms equal to ``0 * sum(predictions)``: finite, attached to the graph, zero gradient.
 
-    **Sampling determinism**: as :class:`~detloss.criteria.sampled.SampledCriterion`, keys hashed from ``(seed, epoch, image key,
-    index of the ROI among its image's ROIs)``; so the same ROIs in the same order per image sample
-    the same way in any batch position or DDP rank.
+    **Sampling determinism**: as :class:`~detloss.criteria.sampled.SampledCriterion`, keys hashed from
+    ``(seed, epoch, image key, index of the ROI among its image's ROIs)``; so the same ROIs in the same
+    order per image sample the same way in any batch position or DDP rank.
 
     Args:
         num_classes: ``C`` object classes.

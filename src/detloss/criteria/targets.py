@@ -82,7 +82,9 @@ class Targets:
         check_tensor("targets.batch_idx", self.batch_idx, (n,))
         check_tensor("targets.cls", self.cls, (n,))
         if self.batch_idx.is_floating_point() or self.cls.is_floating_point():
-            raise ValueError("targets.batch_idx and targets.cls must be integer tensors; Targets.from_dict accepts floats")
+            raise ValueError(
+                "targets.batch_idx and targets.cls must be integer tensors (Targets.from_dict accepts integral floats)"
+            )
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 0:
             raise ValueError(f"targets.batch_size must be an int >= 0, got {self.batch_size!r}")
         if (self.polygons is None) != (self.polygon_valid is None):
@@ -126,10 +128,13 @@ class Targets:
                 and the most objects per image are read from the device together, in one sync.
         """
         if not isinstance(targets, Mapping):
-            raise ValueError(f"targets must be a Targets or a dict with 'batch_idx', 'cls', 'bboxes', got {type(targets).__name__}")
+            got = type(targets).__name__
+            raise ValueError(f"targets must be a Targets or a dict with 'batch_idx', 'cls', 'bboxes', got {got}")
         for key in ("batch_idx", "cls", "bboxes"):
             if key not in targets:
-                raise ValueError(f"targets must contain 'batch_idx' (N,), 'cls' (N,) and 'bboxes' (N, 4); missing {key!r}")
+                raise ValueError(
+                    f"targets must contain 'batch_idx' (N,), 'cls' (N,) and 'bboxes' (N, 4); missing {key!r}"
+                )
         check_tensor("targets['bboxes']", targets["bboxes"], ("N", 4), floating=True)
         n = targets["bboxes"].shape[0]
         check_tensor("targets['batch_idx']", targets["batch_idx"].reshape(-1), (n,))
@@ -201,7 +206,8 @@ class Targets:
             masks = _stack_masks(images, device)
         checks.verify()
         sizes = [img["boxes"].shape[0] for img in images]
-        batch_idx = torch.repeat_interleave(torch.arange(len(images), device=device), torch.tensor(sizes, device=device))
+        counts = torch.tensor(sizes, dtype=torch.long, device=device)
+        batch_idx = torch.repeat_interleave(torch.arange(len(images), device=device), counts)
         cat = lambda key, empty: torch.cat([img[key].to(device) for img in images]) if images else empty  # noqa: E731
         boxes = cat("boxes", torch.zeros(0, 4, device=device)).float()
         labels = cat("labels", torch.zeros(0, dtype=torch.long, device=device)).long()

@@ -1,4 +1,4 @@
-"""Teacher-student (semi-supervised) training of the dense detector: field report 004's loop, every knob named.
+"""Teacher-student (semi-supervised) training of the dense detector (a mean-teacher loop), every knob named.
 
 Until ``semi.burn_in`` epochs (or ``semi.burn_in_steps`` steps) the student trains on the labelled images
 alone. Then the teacher is copied from the student (:class:`~detloss.semi.teacher.EMATeacher`) and each
@@ -9,11 +9,12 @@ step adds an unlabelled batch:
 2. the student sees the strong view (:func:`~detloss.semi.augment.strong_photometric`, same geometry) and
    is trained towards the pseudo-labels by a second :class:`DenseCriterion` whose terms are reported as
    ``u_box``, ``u_cls``, ``u_dfl`` (weight ``loss.weights`` x the ramped ``semi.unsup_weight``) and the
-   background penalty ``u_bg`` (its own ``lambda_bg`` schedule: zero during burn-in, then warm-up).
+   background penalty ``u_bg`` (its own ``lambda_bg`` schedule: zero during burn-in, then warm-up); both
+   rules live in one :class:`~detloss.weighting.policy.WeightPolicy` whose gains go to each call.
    Anchors that no pseudo-box claims but the teacher scores at least ``semi.ignore_score`` are left out
    of ``u_cls`` and ``u_bg`` (neither positive nor negative): a young teacher keeps few of its boxes,
    and training the objects it dropped as background teaches the student, then the teacher through the
-   EMA, to miss them, until no pseudo-box is left (field report 004's collapse; measured in the README).
+   EMA, to miss them, until no pseudo-box is left (a collapse of the pseudo-labels; measured in the README).
    An unlabelled image without pseudo-boxes is otherwise all background: its anchors get the ``cls``
    zero target and the ``bg`` penalty, and every normalizer is floored, so the terms stay finite;
 3. after the optimizer step the teacher is updated as an EMA of the student.
