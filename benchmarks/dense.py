@@ -22,7 +22,7 @@ Time = median of ``--repeats`` forward+backward calls after one warm-up, at torc
 a shared machine each timed call first waits (up to ``--wait-idle`` seconds) for the CPUs to be idle.
 ``checks ms`` (``DenseCriterion`` rows): the part of each timed call spent in the value checks of the targets
 (:class:`~detloss.criteria.target_checks.ValueChecks`: building the masks of bad entries and the one read of
-all flags, which also fetches the padded size ``pad_targets`` needs anyway), median over the same calls.
+all flags, which also fetches the most objects per image that the padding needs), median over the same calls.
 Targets (2 cores): case a ``DenseCriterion`` under 140 ms and at least 2x faster than naive; case b peak
 extra memory under 150 MB.
 """

@@ -1,12 +1,19 @@
 """detloss: object-detection losses with explicit normalization."""
 
-from detloss.criteria.dense import BackgroundPenalty, DenseCriterion
-from detloss.criteria.multigrid import MultigridCriterion
-from detloss.criteria.roi import ROICriterion
-from detloss.criteria.rpn import RPNCriterion
+from detloss.criteria import (
+    BackgroundPenalty,
+    DenseCriterion,
+    MultigridCriterion,
+    ROICriterion,
+    RPNCriterion,
+    Targets,
+    TwoStageCriterion,
+    TwoStageOutputs,
+)
 from detloss.core.normalize import NORMALIZERS, Normalizer
 from detloss.core.report import LossReport, TermRecord, make_term
 from detloss.functional.term import Term
+from detloss.weighting.policy import WeightPolicy
 from detloss.weighting.schedule import WarmupSchedule
 
 __version__ = "0.1.0"
@@ -20,8 +27,12 @@ __all__ = [
     "Normalizer",
     "ROICriterion",
     "RPNCriterion",
+    "Targets",
     "Term",
     "TermRecord",
+    "TwoStageCriterion",
+    "TwoStageOutputs",
     "WarmupSchedule",
+    "WeightPolicy",
     "make_term",
 ]

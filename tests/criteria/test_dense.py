@@ -9,6 +9,7 @@ import torch
 
 from detloss import BackgroundPenalty, DenseCriterion, WarmupSchedule
 from detloss.data.synthetic import random_feats, random_targets
+from detloss.weighting.policy import WeightPolicy
 
 C, R, K = 3, 4, 6
 STRIDES = (8, 16)
@@ -91,8 +92,8 @@ def test_empty_targets_give_finite_values_same_keys_and_connected_graph():
     assert g[:, 4 * R : 4 * R + C].abs().sum() > 0  # negatives still teach the classifier
 
 
-def _one_level(schedule=None, kind="max") -> DenseCriterion:
-    return DenseCriterion(2, (8,), 4, background=BackgroundPenalty(kind, schedule=schedule), weights={"bg": 1.5})
+def _one_level(kind="max") -> DenseCriterion:
+    return DenseCriterion(2, (8,), 4, background=BackgroundPenalty(kind), weights={"bg": 1.5})
 
 
 def test_background_penalty_is_exactly_zero_when_every_anchor_is_foreground():
@@ -158,12 +159,12 @@ def test_ignored_anchors_leave_cls_and_bg_but_positives_are_never_ignored():
 
 
 def test_background_weight_follows_its_schedule():
-    crit = _one_level(schedule=WarmupSchedule(max_value=2.0, burn_in=3, warmup=4))
-    seen = []
-    for epoch in (0, 2.9, 3, 5, 7, 12):
-        crit.set_epoch(epoch)
-        seen.append(crit.weights["bg"])
+    # The schedule lives in the weight policy; the criterion's base gain stays 1.5.
+    crit = _one_level()
+    policy = WeightPolicy(crit.weights, schedules={"bg": WarmupSchedule(max_value=2.0, burn_in=3, warmup=4)})
+    seen = [policy.weights(epoch)["bg"] for epoch in (0, 2.9, 3, 5, 7, 12)]
     assert seen == pytest.approx([0.0, 0.0, 0.0, 1.0, 2.0, 2.0])
+    assert crit.weights["bg"] == 1.5 and policy.weights(5)["box"] == 7.5
 
 
 def test_polygon_targets_are_the_assigned_gts_polygon_in_each_anchors_stride_units():

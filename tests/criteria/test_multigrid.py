@@ -1,4 +1,4 @@
-"""MultigridCriterion: hand-computed terms per normalizer, ignore cells, empty grids, and report 003's
+"""MultigridCriterion: hand-computed terms per normalizer, ignore cells, empty grids, and the
 point measured: per-image normalizers make losses and gradients independent of the other images."""
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ import math
 import pytest
 import torch
 
-from detloss.criteria.multigrid import MultigridCriterion
+from detloss.criteria.multigrid import PER_BATCH_NORMALIZERS, MultigridCriterion
 
 C = 2
+#: the per-batch count normalizers and per-class BCE (the criterion's defaults are batch_size and CE)
+PER_BATCH_BCE = MultigridCriterion(C, normalizers=PER_BATCH_NORMALIZERS, cls_loss="bce")
 # 3 images of 2 x 2 cells. Image 0: object (0,0) class 1, ignore (0,1). Image 1: objects (0,0) class 1
 # and (1,1) class 0, the latter also marked ignore (objects win), ignore (1,0). Image 2: empty.
 OBJECT = torch.zeros(3, 2, 2, dtype=torch.bool)
@@ -73,9 +75,12 @@ def _hand_raw(pred, tgt, pos_weight=1.0, cls_loss="bce"):
 
 @pytest.mark.parametrize("name", list(D))
 def test_each_term_equals_the_hand_computed_value_for_each_normalizer(name):
-    crit = MultigridCriterion(C, {"loc": 2.0, "obj": 1.0, "cls": 0.5}, {"loc": name, "obj": name, "cls": name})
+    crit = MultigridCriterion(
+        C, weights={"loc": 2.0, "obj": 1.0, "cls": 0.5}, normalizers=dict.fromkeys(("loc", "obj", "cls"), name),
+        cls_loss="bce",
+    )  # fmt: skip
     pred, tgt = _pred(), _targets()
-    report = crit(pred, tgt)
+    report = crit.cell_loss(pred, tgt)
     for (term, raw), d, w in zip(
         zip(("loc", "obj", "cls"), _hand_raw(pred, tgt), strict=True), D[name], (2.0, 1.0, 0.5), strict=True
     ):
@@ -85,7 +90,8 @@ def test_each_term_equals_the_hand_computed_value_for_each_normalizer(name):
 
 def test_defaults_pos_weight_and_softmax_classification():
     pred, tgt = _pred(2), _targets(3)
-    report = MultigridCriterion(C, obj_pos_weight=3.0, cls_loss="ce")(pred, tgt)
+    crit = MultigridCriterion(C, normalizers=PER_BATCH_NORMALIZERS, obj_pos_weight=3.0, cls_loss="ce")
+    report = crit.cell_loss(pred, tgt)
     loc, obj, cls = _hand_raw(pred, tgt, pos_weight=3.0, cls_loss="ce")
     torch.testing.assert_close(report["loc"].value, torch.tensor(loc / 3))  # num_pos
     torch.testing.assert_close(report["obj"].value, torch.tensor(obj / 10))  # active cells
@@ -94,7 +100,7 @@ def test_defaults_pos_weight_and_softmax_classification():
 
 def test_ignored_cells_get_no_objectness_gradient_unless_they_hold_an_object():
     pred = _pred()
-    MultigridCriterion(C)(pred, _targets()).total.backward()
+    PER_BATCH_BCE.cell_loss(pred, _targets()).total.backward()
     g = pred["obj"].grad
     assert g[0, 0, 1] == 0 and g[1, 1, 0] == 0  # ignored
     assert g[1, 1, 1] != 0  # object and ignore: an object
@@ -105,7 +111,7 @@ def test_ignored_cells_get_no_objectness_gradient_unless_they_hold_an_object():
 def test_empty_grid_is_finite_with_zero_loc_and_cls_gradients():
     empty = torch.zeros(3, 2, 2, dtype=torch.bool)
     pred = _pred()
-    report = MultigridCriterion(C)(pred, _targets(obj=empty, ignore=empty))
+    report = PER_BATCH_BCE.cell_loss(pred, _targets(obj=empty, ignore=empty))
     assert list(report) == ["loc", "obj", "cls"] and all(torch.isfinite(report[k].value) for k in report)
     report.total.backward()
     assert torch.equal(pred["loc"].grad, torch.zeros_like(pred["loc"]))
@@ -121,12 +127,13 @@ def _random_objects(b: int, h: int, w: int, density: float, seed: int) -> torch.
 def _grads(crit, pred, obj, ignore):
     for p in pred.values():
         p.grad = None
-    crit(pred, _targets(5, obj=obj, ignore=ignore, labels=torch.zeros(obj.shape, dtype=torch.long))).total.backward()
+    labels = torch.zeros(obj.shape, dtype=torch.long)
+    crit.cell_loss(pred, _targets(5, obj=obj, ignore=ignore, labels=labels)).total.backward()
     return [p.grad[0].clone() for p in pred.values()]  # gradient w.r.t. image 0's predictions
 
 
 def test_batch_size_gradient_of_one_image_ignores_the_others_objects_num_pos_does_not():
-    """Report 003's point: with ``batch_size`` the gradient with respect to image 0's predictions is the
+    """The point of per-image normalizers: with ``batch_size`` the gradient with respect to image 0's predictions is the
     same whether the other images are empty or crowded; with ``num_pos`` (and ``num_samples``) it is not."""
     pred = _pred(7, b=4, h=8, w=8)
     sparse = _random_objects(4, 8, 8, 0.05, seed=0)
@@ -136,11 +143,11 @@ def test_batch_size_gradient_of_one_image_ignores_the_others_objects_num_pos_doe
     ignore = no_ignore.clone()
     ignore[1:] = _random_objects(3, 8, 8, 0.3, seed=2) & ~crowded[1:]  # ... and ignore regions around them
     assert sparse[0].any()
-    per_image = MultigridCriterion(C, normalizers={"loc": "batch_size", "obj": "batch_size", "cls": "batch_size"})
+    per_image = MultigridCriterion(C, normalizers=dict.fromkeys(("loc", "obj", "cls"), "batch_size"), cls_loss="bce")
     before, after = _grads(per_image, pred, sparse, no_ignore), _grads(per_image, pred, crowded, ignore)
     for a, b in zip(before, after, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # equal up to vectorized-kernel rounding
-    per_batch = MultigridCriterion(C)  # report 003's original num_pos / num_samples / num_pos
+    per_batch = PER_BATCH_BCE  # num_pos / num_samples / num_pos
     before, after = _grads(per_batch, pred, sparse, no_ignore), _grads(per_batch, pred, crowded, ignore)
     for a, b in zip(before, after, strict=True):
         assert (a - b).abs().max() > 0.1 * a.abs().max()  # the neighbours' objects rescale image 0
@@ -158,9 +165,10 @@ def test_epoch_loss_of_the_same_predictions_depends_on_batching_only_with_per_ba
     tgt = _targets(13, obj=obj, ignore=torch.zeros_like(obj), labels=torch.zeros(b, h, w, dtype=torch.long))
 
     def epoch_loss(normalizer: str, batches) -> float:
-        crit = MultigridCriterion(C, normalizers=dict.fromkeys(("loc", "obj", "cls"), normalizer))
+        crit = MultigridCriterion(C, normalizers=dict.fromkeys(("loc", "obj", "cls"), normalizer), cls_loss="bce")
         losses = [
-            crit({k: v[idx] for k, v in pred.items()}, {k: v[idx] for k, v in tgt.items()}).total for idx in batches
+            crit.cell_loss({k: v[idx] for k, v in pred.items()}, {k: v[idx] for k, v in tgt.items()}).total
+            for idx in batches
         ]
         return float(torch.stack(losses).mean())
 
@@ -176,13 +184,13 @@ def test_epoch_loss_of_the_same_predictions_depends_on_batching_only_with_per_ba
 
 
 def test_bad_inputs_raise():
-    crit = MultigridCriterion(C)
+    crit = PER_BATCH_BCE
     pred, tgt = _pred(), _targets()
     with pytest.raises(ValueError, match="cls"):
-        crit({**pred, "cls": pred["cls"][..., :1]}, tgt)
+        crit.cell_loss({**pred, "cls": pred["cls"][..., :1]}, tgt)
     with pytest.raises(ValueError, match="ignore_mask"):
-        crit(pred, {k: v for k, v in tgt.items() if k != "ignore_mask"})
+        crit.cell_loss(pred, {k: v for k, v in tgt.items() if k != "ignore_mask"})
     with pytest.raises(ValueError, match="object_mask"):
-        crit(pred, {**tgt, "object_mask": OBJECT[:, :1]})
+        crit.cell_loss(pred, {**tgt, "object_mask": OBJECT[:, :1]})
     with pytest.raises(ValueError, match="normalizer"):
         MultigridCriterion(C, normalizers={"loc": "per_cell"})

@@ -17,7 +17,7 @@ from detloss.criteria.roi import ROICriterion
 from detloss.criteria.rpn import RPNCriterion
 from detloss.criteria.target_checks import check_gt_boxes, check_roi_targets
 from detloss.criteria.targets import pad_targets
-from detloss.criteria.two_stage import TwoStageCriterion
+from detloss.criteria.two_stage import TwoStageCriterion, TwoStageOutputs
 from detloss.data.synthetic import random_feats, random_targets
 
 C, R, K = 3, 4, 6
@@ -250,10 +250,12 @@ def test_roi_bad_polygon_count_raises(count):
 def test_two_stage_passes_the_part_criteria_errors_through():
     crit = TwoStageCriterion(RPNCriterion(sample_num=8), ROICriterion(2, mask_size=2, sample_num=8))
     bad = _roi_with(0, "labels", 0, 5)
-    rpn_inputs = (torch.zeros(2, 4), torch.zeros(2, 4, 4), ANCHORS, [t["boxes"] for t in bad])
-    roi_inputs = (torch.zeros(4, 3), torch.zeros(4, 2, 4), torch.zeros(4, 2, 2, 2), ROIS, ROI_IMAGE, bad)
+    outputs = TwoStageOutputs(
+        objectness=torch.zeros(2, 4), rpn_deltas=torch.zeros(2, 4, 4), anchors=ANCHORS, cls_logits=torch.zeros(4, 3),
+        box_deltas=torch.zeros(4, 2, 4), rois=ROIS, roi_image=ROI_IMAGE, mask_logits=torch.zeros(4, 2, 2, 2),
+    )  # fmt: skip
     with pytest.raises(ValueError, match=r"targets\[0\]\['labels'\]\[0\] is 5"):
-        crit(rpn_inputs, roi_inputs)
+        crit(outputs, bad)
 
 
 # -- Multigrid -------------------------------------------------------------------------------------------
@@ -273,13 +275,13 @@ def test_multigrid_bad_class_on_an_object_cell_raises_instead_of_crashing(cls_lo
     labels = torch.zeros(1, 2, 2, dtype=torch.long)
     labels[0, 1, 0] = label
     with pytest.raises(ValueError, match=r"targets\['labels'\]\[0, 1, 0\] is -?\d; expected an integer in \[0, 2\)"):
-        MultigridCriterion(2, cls_loss=cls_loss)(*_grid_targets(labels))
+        MultigridCriterion(2, cls_loss=cls_loss).cell_loss(*_grid_targets(labels))
 
 
 def test_multigrid_labels_off_object_cells_are_not_read():
     labels = torch.full((1, 2, 2), 99)
     labels[0, 1, 0] = 1
-    report = MultigridCriterion(2, cls_loss="ce")(*_grid_targets(labels))
+    report = MultigridCriterion(2, cls_loss="ce").cell_loss(*_grid_targets(labels))
     assert report["cls"].value.item() == pytest.approx(math.log(2))  # uniform logits over 2 classes
 
 
@@ -288,7 +290,7 @@ def test_multigrid_masks_must_be_bool_masks():
     ignore = torch.zeros(1, 2, 2)
     ignore[0, 0, 1] = 0.3  # .to(bool) would make the cell ignored
     with pytest.raises(ValueError, match=r"targets\['ignore_mask'\]\[0, 0, 1\] is 0\.3; expected 0 or 1"):
-        MultigridCriterion(2)(pred, {**tgt, "ignore_mask": ignore})
+        MultigridCriterion(2).cell_loss(pred, {**tgt, "ignore_mask": ignore})
 
 
 # -- one host sync -------------------------------------------------------------------------------------------
@@ -331,8 +333,8 @@ def test_rpn_roi_and_multigrid_checks_read_the_device_once():
     with _HostReads() as reads:
         check_roi_targets(ROI_IMAGE, ROI_TARGETS, 2, with_mask=True)
     assert reads.count == 1
-    with _HostReads() as reads:  # the whole forward: the criterion reads nothing else
-        MultigridCriterion(2)(*_grid_targets(torch.zeros(1, 2, 2, dtype=torch.long)))
+    with _HostReads() as reads:  # the whole loss of encoded cells: the criterion reads nothing else
+        MultigridCriterion(2).cell_loss(*_grid_targets(torch.zeros(1, 2, 2, dtype=torch.long)))
     assert reads.count == 1
 
 

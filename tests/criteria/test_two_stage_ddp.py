@@ -1,4 +1,4 @@
-"""2-process gloo: RPN, ROI and multigrid criteria (default normalizers) give DDP gradients equal to one
+"""2-process gloo: RPN, ROI and multigrid criteria (count normalizers) give DDP gradients equal to one
 process on the concatenated batch — random sampling included, since the sample of an image depends only
 on (seed, epoch, image content, element index within the image), not on its rank or batch position."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detloss.criteria.multigrid import MultigridCriterion
+from detloss.criteria.multigrid import PER_BATCH_NORMALIZERS, MultigridCriterion
 from detloss.criteria.roi import ROICriterion
 from detloss.criteria.rpn import RPNCriterion
 from detloss.testing import ddp_and_single_gradients
@@ -16,7 +16,7 @@ C, F, S, SIZE, CELLS = 3, 5, 6, 64, 4
 # small budgets, so that sampling actually drops anchors and ROIs
 RPN = RPNCriterion(sample_num=24, pos_fraction=0.5)
 ROI = ROICriterion(C, mask_size=S, sample_num=10, pos_fraction=0.25)
-GRID = MultigridCriterion(C)
+GRID = MultigridCriterion(C, normalizers=PER_BATCH_NORMALIZERS, cls_loss="bce")  # counts reduced over ranks
 ANCHORS = torch.tensor(
     [[x, y, x + s, y + s] for s in (12.0, 24.0) for y in range(0, SIZE, 8) for x in range(0, SIZE, 8)]
 )
@@ -96,7 +96,7 @@ class GridHead(nn.Module):
         out = self.linear(torch.stack([im["x_grid"] for im in images]))
         pred = {"loc": out[..., :4], "obj": out[..., 4], "cls": out[..., 5:]}
         targets = {k: torch.stack([im["grid"][k] for im in images]) for k in images[0]["grid"]}
-        return GRID(pred, targets).total
+        return GRID.cell_loss(pred, targets).total
 
 
 def _loss(model: nn.Module, images: list[dict]) -> torch.Tensor:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from detloss.criteria.multigrid import MultigridCriterion
-from detloss.models import TinyGrid, decode_grid, grid_targets
+from detloss.assign.grid import grid_targets
+from detloss.models import TinyGrid, decode_grid
 
 
 @pytest.fixture(autouse=True)
@@ -162,7 +163,7 @@ def test_multigrid_criterion_trains_tiny_grid() -> None:
     out = model(images)
     boxes, labels = [torch.tensor([A, B]), torch.zeros(0, 4)], [torch.tensor([2, 1]), torch.zeros(0, dtype=torch.long)]
     t = grid_targets(boxes, labels, out["obj"].shape[1:], model.stride)
-    loss = MultigridCriterion(3)(out, t).total
+    loss = MultigridCriterion(3, model.stride, cls_loss="bce").cell_loss(out, t).total
     assert torch.isfinite(loss)
     loss.backward()
     first_conv = model.backbone[0][0].weight

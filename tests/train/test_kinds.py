@@ -79,10 +79,11 @@ def test_two_stage_weights_dict_is_what_the_report_uses():
     gt = [torch.tensor([[0.0, 0, 8, 9]])]
     rois, roi_image = anchors.clone(), torch.zeros(4, dtype=torch.long)
     targets = [{"boxes": gt[0], "labels": torch.tensor([1])}]
-    args = (
-        (torch.zeros(1, 4), torch.zeros(1, 4, 4), anchors, gt),
-        (torch.zeros(4, 3), torch.zeros(4, 2, 4), None, rois, roi_image, targets),
-    )
+    outputs = {
+        "objectness": torch.zeros(1, 4), "rpn_deltas": torch.zeros(1, 4, 4), "anchors": anchors,
+        "cls_logits": torch.zeros(4, 3), "box_deltas": torch.zeros(4, 2, 4), "rois": rois, "roi_image": roi_image,
+    }  # fmt: skip
+    args = (outputs, targets)
     base = crit(*args)
     # hand values: BCE(0, y) = log 2 per sampled anchor over num_samples; CE over 3 logits of 0 = log 3
     assert base["rpn_obj"].value.item() == pytest.approx(math.log(2), rel=1e-6)

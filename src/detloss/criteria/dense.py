@@ -12,8 +12,8 @@ from torch import Tensor
 from detloss.assign.anchors import bbox2dist, dist2bbox, make_anchors
 from detloss.assign.task_aligned import TaskAlignedAssigner, ultralytics_min_candidate_size
 from detloss.ops.head_layout import HeadOutputs, check_level_sizes
-from detloss.criteria.targets import pad_targets
-from detloss.criteria.terms import TermCriterion
+from detloss.criteria.targets import Targets
+from detloss.criteria.terms import TermCriterion, config_options
 from detloss.functional import classification as cls_losses
 from detloss.functional.background import focal_background, max_score_penalty
 from detloss.functional.dfl import distribution_focal
@@ -23,7 +23,6 @@ from detloss.functional.regression import l1, mse
 from detloss.functional.sparse_bce import bce_with_sparse_targets
 from detloss.core.normalize import denominators
 from detloss.core.report import LossReport
-from detloss.weighting.schedule import WarmupSchedule
 
 CLS_LOSSES = {
     "bce": cls_losses.bce_with_logits,
@@ -37,7 +36,8 @@ BACKGROUND_PENALTIES = ("max", "focal")
 
 #: Defaults: YOLOv8's gains and its positive-mass normalizer for box, cls and dfl (so the gains
 #: people have tuned keep their meaning), but no ``* batch_size`` on the total, and counts reduced
-#: across ranks. ``bg`` is the mean over background anchors, as report 004 defines it.
+#: across ranks. ``bg`` is the mean over background anchors (``mean``): a per-anchor penalty whose
+#: scale does not grow with the image size or the number of anchors.
 DEFAULT_WEIGHTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "poly": 7.5, "bg": 1.0}
 DEFAULT_NORMALIZERS = {
     "box": "target_sum",
@@ -50,17 +50,18 @@ DEFAULT_NORMALIZERS = {
 
 @dataclass(frozen=True)
 class BackgroundPenalty:
-    """Report 004's penalty on anchors with no positive class, as the ``bg`` term.
+    """A penalty on anchors with no positive class (false-positive scores on background), as the ``bg`` term.
+
+    Its gain ``lambda_bg`` is ``weights["bg"]``; a warm-up of it is a schedule of the ``bg`` term in a
+    :class:`~detloss.weighting.policy.WeightPolicy`, outside the criterion.
 
     Attributes:
         kind: ``"max"`` (``max_c sigmoid``) or ``"focal"`` (focal loss against the zero target).
-        schedule: ``lambda_bg`` per epoch; ``None`` keeps the ``bg`` weight fixed.
         gamma: focal exponent for ``kind="focal"``.
         logit_clamp: optional logit bound before the sigmoid (zero gradient beyond it).
     """
 
     kind: str = "max"
-    schedule: WarmupSchedule | None = None
     gamma: float = 2.0
     logit_clamp: float | None = None
 
@@ -126,9 +127,12 @@ class DenseCriterion(TermCriterion):
     Shapes:
         ``feats``: list of ``(B, 4 * reg_max + C [+ 2K], H_l, W_l)``, ``H_l`` and ``W_l`` the image size
         divided by ``strides[l]``, rounded down or up.
-        ``targets``: ``batch_idx (N,)``, ``cls (N,)``, ``bboxes (N, 4)`` normalized ``cx, cy, w, h``;
-        with polygons also ``polygons (N, K, 2)`` normalized and ``polygon_valid (N, K)`` or
-        ``polygon_counts (N,)``. Bad values raise ``ValueError`` (:func:`~detloss.criteria.targets.pad_targets`).
+        ``targets``: a :class:`~detloss.criteria.targets.Targets` (pixel boxes; with polygons for the
+        polygon branch), or the YOLO-layout dict ``batch_idx (N,)``, ``cls (N,)``, ``bboxes (N, 4)``
+        normalized ``cx, cy, w, h`` (with polygons also ``polygons (N, K, 2)`` normalized and
+        ``polygon_valid (N, K)`` or ``polygon_counts (N,)``), converted by
+        :meth:`Targets.from_dict <detloss.criteria.targets.Targets.from_dict>` with ``image_size``.
+        Bad values raise ``ValueError`` naming the key and row.
 
     Example:
         >>> crit = DenseCriterion(num_classes=3, strides=(8, 16), reg_max=4)
@@ -207,20 +211,36 @@ class DenseCriterion(TermCriterion):
         """Channels each level of ``feats`` must have."""
         return 4 * self.reg_max + self.num_classes + 2 * self.num_vertices
 
-    def set_epoch(self, epoch: float) -> None:
-        """Update scheduled weights (the background penalty's ``lambda_bg``); the trainer calls this."""
-        if self.background is not None and self.background.schedule is not None:
-            self.weights["bg"] = self.background.schedule.value(epoch)
+    @classmethod
+    def from_config(cls, cfg: object, num_classes: int, strides: Sequence[int], **overrides: object) -> DenseCriterion:
+        """From a config section whose fields are this class's options (e.g. the harness's ``loss``
+        section; a pydantic model, a dataclass or a dict). Its ``background`` may be a dict of
+        :class:`BackgroundPenalty` fields plus the ``lambda_bg`` schedule's (``max_value``, ``burn_in``,
+        ``warmup``, ``mode``), which belong to the weight policy and are left out here. ``overrides``
+        replace fields."""
+        options = config_options(cfg) | overrides
+        background = options.get("background")
+        if isinstance(background, Mapping):
+            schedule_keys = {"max_value", "burn_in", "warmup", "mode"}
+            options["background"] = BackgroundPenalty(**{k: v for k, v in background.items() if k not in schedule_keys})
+        return cls(num_classes, strides, **options)
 
     def forward(
-        self, feats: Sequence[Tensor], targets: Mapping[str, Tensor], *, ignore: Tensor | None = None
+        self,
+        feats: Sequence[Tensor],
+        targets: Targets | Mapping[str, Tensor],
+        *,
+        ignore: Tensor | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> LossReport:
-        """The terms of ``feats`` against ``targets``.
+        """The terms of ``feats`` against ``targets`` (class docstring).
 
         ``ignore``: optional ``(B, A)`` bool, anchors (in level-then-row-major order) that are neither
         positive nor negative: their class elements and ``bg`` penalty are left out (a positive
         anchor is never ignored). Semi-supervised training passes the anchors a teacher is unsure of.
+        ``weights``: this call's gains, term -> gain, overriding the base :attr:`weights`.
         """
+        gains = self.call_weights(weights)
         head = self._split(feats)
         t = self._assign(head, targets)
         fg = t.fg
@@ -233,28 +253,34 @@ class DenseCriterion(TermCriterion):
         pos_ltrb = self._decode(pos_logits)
         terms = {}
         box_el = iou_loss(dist2bbox(pos_ltrb, t.points), t.boxes, kind=self.box_loss, preset=self.preset)
-        terms["box"] = self._term("box", box_el, denom, weights=t.weight, num_pos=num_pos, anchor=anchor)
+        terms["box"] = self._term("box", box_el, denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=anchor)
         cls_el = self._cls_elements(head, t, ignore)
         num_cls = (head.batch_size * head.num_anchors - _count(ignore)) * self.num_classes
-        terms["cls"] = self._term("cls", cls_el, denom, num_pos=num_pos, anchor=anchor, num_elements=num_cls)
+        terms["cls"] = self._term(
+            "cls", cls_el, denom, gains=gains, num_pos=num_pos, anchor=anchor, num_elements=num_cls
+        )
         target_ltrb = bbox2dist(t.points, t.boxes)
         if self.reg_max > 1:
             dfl_el = distribution_focal(pos_logits.reshape(-1, self.reg_max), target_ltrb.reshape(-1)).view(-1, 4)
         else:
             dfl_el = l1(pos_ltrb, target_ltrb)
-        terms["dfl"] = self._term("dfl", dfl_el.mean(-1), denom, weights=t.weight, num_pos=num_pos, anchor=anchor)
+        terms["dfl"] = self._term(
+            "dfl", dfl_el.mean(-1), denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=anchor
+        )
         if self.num_vertices:
             offsets = head.gather(head.poly, t.image, t.anchor).float().view(-1, self.num_vertices, 2)
             poly_el = self._polygon_elements(t.points[:, None, :] + offsets, t.polygons, t.polygon_valid)
-            terms["poly"] = self._term("poly", poly_el, denom, weights=t.weight, num_pos=num_pos, anchor=head.poly[0])
+            terms["poly"] = self._term(
+                "poly", poly_el, denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=head.poly[0]
+            )
         if self.background is not None:
             negative = ~fg if ignore is None else ~(fg | ignore)
             terms["bg"] = self._term(
-                "bg", self._background_elements(head, negative), denom, num_pos=num_pos, anchor=anchor
+                "bg", self._background_elements(head, negative), denom, gains=gains, num_pos=num_pos, anchor=anchor
             )
         return LossReport(terms, scale=head.batch_size if self.preset == "ultralytics" else 1)
 
-    def assign(self, feats: Sequence[Tensor], targets: Mapping[str, Tensor]) -> DenseTargets:
+    def assign(self, feats: Sequence[Tensor], targets: Targets | Mapping[str, Tensor]) -> DenseTargets:
         """The targets this criterion trains ``feats`` towards (for inspection, plots and tests)."""
         return self._assign(self._split(feats), targets)
 
@@ -277,13 +303,16 @@ class DenseCriterion(TermCriterion):
         probs = box_logits.float().unflatten(1, (4, self.reg_max)).softmax(2)  # (B, 4, R, HW)
         return (probs * self.bins.view(1, 1, -1, 1)).sum(2)
 
-    def _assign(self, head: HeadOutputs, targets: Mapping[str, Tensor]) -> DenseTargets:
+    def _assign(self, head: HeadOutputs, targets: Targets | Mapping[str, Tensor]) -> DenseTargets:
         b, device = head.batch_size, head.cls[0].device
         points, strides = make_anchors(head.sizes, self.strides, device=device)
         grid = points / strides[:, None]  # anchor points in grid units (ultralytics' anchor_points)
         hw = self.image_size or (head.sizes[0][0] * self.strides[0], head.sizes[0][1] * self.strides[0])
         check_level_sizes(head.sizes, self.strides, hw)
-        gt = pad_targets(targets, b, hw, device, num_classes=self.num_classes)
+        if isinstance(targets, Targets):
+            gt = targets.to(device).validate(num_classes=self.num_classes, batch_size=b).padded()
+        else:
+            gt = Targets.from_dict(targets, b, hw, num_classes=self.num_classes, device=device).padded()
         if self.num_vertices and (gt.polygons is None or gt.polygons.shape[2] != self.num_vertices):
             raise ValueError(
                 f"this criterion predicts {self.num_vertices} vertices: targets must contain "

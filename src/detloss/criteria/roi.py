@@ -1,6 +1,6 @@
 """R-CNN box/mask head loss: max-IoU assignment of proposals, per-image sampling, cls / box / mask terms.
 
-Field report 002's ROI head, with each denominator a named normalizer reduced across ranks.
+Each denominator is a named normalizer, reduced across ranks and recorded in the report.
 
 **Mask targets.** For a positive ROI ``(x1, y1, x2, y2)`` and ``S = mask_size``, target pixel
 ``(i, j)`` is the GT mask's value at the ROI point ``(x1 + (j + 0.5)(x2 - x1)/S, y1 + (i + 0.5)(y2 - y1)/S)``
@@ -27,10 +27,11 @@ from torch import Tensor
 
 from detloss.core.checks import check_tensor
 from detloss.ops.box_coder import encode_deltas
-from detloss.assign.max_iou import MaxIoUAssigner
-from detloss.assign.sampler import RandomSampler, hashed_keys, image_keys, rank_in_bucket
+from detloss.assign.sampler import rank_in_bucket
+from detloss.criteria.sampled import SampledCriterion
 from detloss.criteria.target_checks import check_roi_targets
-from detloss.criteria.terms import TermCriterion
+from detloss.criteria.targets import Targets
+from detloss.criteria.terms import config_options
 from detloss.functional.classification import bce_with_logits, softmax_cross_entropy
 from detloss.functional.regression import smooth_l1
 from detloss.core.normalize import denominators
@@ -168,7 +169,7 @@ class ROITargets:
         return self.pos | self.neg
 
 
-class ROICriterion(TermCriterion):
+class ROICriterion(SampledCriterion):
     """Loss of an R-CNN box (and mask) head, returning a :class:`LossReport` (``cls``, ``box`` [, ``mask``]).
 
     ROIs (proposals, with GT boxes added by the model if wanted, as mmdet's ``add_gt_as_proposals``)
@@ -179,9 +180,9 @@ class ROICriterion(TermCriterion):
 
     * ``cls``: softmax cross-entropy over ``num_classes + 1`` logits; **background is the last index,
       ``num_classes``** (classes ``0 .. C-1`` are objects). Positives' elements are weighted by
-      ``fg_weight`` (report 002's ``roi_cls_pos_weight``); ``label_smoothing`` as in torch. (DESIGN.md's
-      "background = all-zero target row" is for sigmoid heads; a softmax head needs an explicit
-      background class, and this is mmdet's and detectron2's placement of it.)
+      ``fg_weight``; ``label_smoothing`` as in torch. (A sigmoid head encodes background as an all-zero
+      target row; a softmax head needs an explicit background class, and this is mmdet's and
+      detectron2's placement of it.)
     * ``box``: smooth-L1 (``beta``) between the deltas predicted *for the GT's class* and
       :func:`encode_deltas` of the ROI to its GT with ``box_stds`` (default ``(0.1, 0.1, 0.2, 0.2)``),
       summed over the 4 coordinates — one element per positive. ``box_deltas`` of shape ``(R, 1, 4)``
@@ -197,9 +198,9 @@ class ROICriterion(TermCriterion):
     without GT contributes sampled negatives; a batch without positive ROI gives ``box`` and ``mask``
     terms equal to ``0 * sum(predictions)``: finite, attached to the graph, zero gradient.
 
-    **Sampling determinism**: as :class:`RPNCriterion`, keys hashed from ``(seed, epoch, image key,
-    index of the ROI among its image's ROIs)``; so the same ROIs in the same order per image sample
-    the same way in any batch position or DDP rank.
+    **Sampling determinism**: as :class:`~detloss.criteria.sampled.SampledCriterion`, keys hashed from
+    ``(seed, epoch, image key, index of the ROI among its image's ROIs)``; so the same ROIs in the same
+    order per image sample the same way in any batch position or DDP rank.
 
     Args:
         num_classes: ``C`` object classes.
@@ -217,9 +218,9 @@ class ROICriterion(TermCriterion):
     def __init__(
         self,
         num_classes: int,
+        *,
         weights: Mapping[str, float] | None = None,
         normalizers: Mapping[str, str] | None = None,
-        *,
         fg_weight: float = 1.0,
         label_smoothing: float = 0.0,
         mask_size: int = 28,
@@ -240,8 +241,10 @@ class ROICriterion(TermCriterion):
             raise ValueError(f"num_classes and mask_size must be >= 1, got {num_classes} and {mask_size}")
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.setup_sampling(
+            beta=beta, box_stds=box_stds, sample_num=sample_num, pos_fraction=pos_fraction, neg_pos_ub=neg_pos_ub,
+            pos_iou=pos_iou, neg_iou=neg_iou, min_pos_iou=min_pos_iou, allow_low_quality=allow_low_quality, seed=seed,
+        )  # fmt: skip
         self.num_classes = int(num_classes)
         terms = ["cls", "box"] + (["mask"] if with_mask else [])
         self.setup_terms(terms, DEFAULT_WEIGHTS, DEFAULT_NORMALIZERS, weights, normalizers)
@@ -249,23 +252,17 @@ class ROICriterion(TermCriterion):
         self.label_smoothing = float(label_smoothing)
         self.mask_size = int(mask_size)
         self.with_mask = bool(with_mask)
-        self.beta = float(beta)
-        self.box_stds = tuple(float(s) for s in box_stds)
-        if len(self.box_stds) != 4:
-            raise ValueError(f"box_stds must have 4 entries, got {len(self.box_stds)}")
-        self.assigner = MaxIoUAssigner(pos_iou, neg_iou, min_pos_iou, allow_low_quality)
-        self.sampler = RandomSampler(sample_num, pos_fraction, neg_pos_ub)
-        self.seed = int(seed)
-        self.epoch = 0
+
+    @classmethod
+    def from_config(cls, cfg: object, num_classes: int, **overrides: object) -> ROICriterion:
+        """From a config section whose fields are this class's options (the harness's ``roi`` section; a
+        pydantic model, a dataclass or a dict); ``overrides`` (e.g. ``seed``) replace fields."""
+        return cls(num_classes, **(config_options(cfg) | overrides))
 
     @property
     def background(self) -> int:
         """Class index of background in ``cls_logits``: ``num_classes``."""
         return self.num_classes
-
-    def set_epoch(self, epoch: float) -> None:
-        """Sampling changes with ``floor(epoch)``; the trainer calls this."""
-        self.epoch = int(epoch // 1)
 
     def forward(
         self,
@@ -274,8 +271,10 @@ class ROICriterion(TermCriterion):
         mask_logits: Tensor | None,
         rois: Tensor,
         roi_image: Tensor,
-        targets: Sequence[Mapping[str, Tensor]],
+        targets: Targets | Sequence[Mapping[str, Tensor]],
         image_ids: Sequence[int] | Tensor | None = None,
+        *,
+        weights: Mapping[str, float] | None = None,
     ) -> LossReport:
         """Loss of one batch.
 
@@ -291,7 +290,14 @@ class ROICriterion(TermCriterion):
                 range (non-finite or inverted box, label outside ``[0, C)``, ``roi_image`` outside
                 ``[0, B)``, ``polygon_counts`` outside ``[0, K]``) raises ``ValueError`` naming it.
             image_ids: optional ``(B,)`` global image ids for sampling.
+            weights: this call's gains, term -> gain, overriding the base :attr:`weights`.
+
+        ``targets`` may also be a :class:`~detloss.criteria.targets.Targets` (``polygons`` or ``masks`` for
+        the mask term), read as :meth:`Targets.per_image <detloss.criteria.targets.Targets.per_image>`.
         """
+        gains = self.call_weights(weights)
+        if isinstance(targets, Targets):
+            targets = targets.validate(num_classes=self.num_classes).per_image()
         c, s = self.num_classes, self.mask_size
         check_tensor("cls_logits", cls_logits, ("R", c + 1), floating=True)
         r = cls_logits.shape[0]
@@ -313,14 +319,7 @@ class ROICriterion(TermCriterion):
         num_pos, num_samples = t.pos.sum(), sampled.sum()
         pos_image = roi_image.to(device).long()[t.index]
         with_fg = torch.zeros(b, device=device).index_add_(0, pos_image, torch.ones(pos_image.shape, device=device))
-        shared = {
-            "num_pos": num_pos,
-            "target_sum": num_pos,
-            "num_samples": num_samples,
-            "batch_size": float(b),
-            "images_with_fg": (with_fg > 0).sum(),
-            "num_cells": float(self.sampler.num),
-        }
+        shared = self.sampled_counts(num_pos, num_samples, b, (with_fg > 0).sum(), self.sampler.num)
         counts = {"*": shared, "cls": {"num_elements": num_samples}}
         for term in ("box", "mask"):
             counts[term] = {"num_elements": num_pos}
@@ -336,15 +335,15 @@ class ROICriterion(TermCriterion):
         target = encode_deltas(rois[t.index].to(pred.dtype), t.boxes.to(pred.dtype), stds=self.box_stds)
         box_el = smooth_l1(pred, target, beta=self.beta).sum(-1)
         terms = {
-            "cls": self._term("cls", cls_el, denom, num_pos=num_pos, anchor=cls_logits, weights=cls_w),
-            "box": self._term("box", box_el, denom, num_pos=num_pos, anchor=box_deltas),
+            "cls": self._term("cls", cls_el, denom, gains=gains, num_pos=num_pos, anchor=cls_logits, weights=cls_w),
+            "box": self._term("box", box_el, denom, gains=gains, num_pos=num_pos, anchor=box_deltas),
         }
         if self.with_mask:
             mask_cls = labels if mask_logits.shape[1] > 1 else torch.zeros_like(labels)
             mask_pred = mask_logits[t.index, mask_cls]  # (P, S, S)
             mask_target = self.mask_targets(targets, t, rois).to(mask_pred.dtype)
             mask_el = bce_with_logits(mask_pred, mask_target).mean((-2, -1))
-            terms["mask"] = self._term("mask", mask_el, denom, num_pos=num_pos, anchor=mask_logits)
+            terms["mask"] = self._term("mask", mask_el, denom, gains=gains, num_pos=num_pos, anchor=mask_logits)
         return LossReport(terms)
 
     @torch.no_grad()
@@ -352,10 +351,12 @@ class ROICriterion(TermCriterion):
         self,
         rois: Tensor,
         roi_image: Tensor,
-        targets: Sequence[Mapping[str, Tensor]],
+        targets: Targets | Sequence[Mapping[str, Tensor]],
         image_ids: Sequence[int] | Tensor | None = None,
     ) -> ROITargets:
         """Assignment and sampling of ``rois`` (for inspection and tests); arguments as :meth:`forward`."""
+        if isinstance(targets, Targets):
+            targets = targets.validate(num_classes=self.num_classes).per_image()
         check_tensor("rois", rois, ("R", 4), floating=True)
         r, device = rois.shape[0], rois.device
         check_tensor("roi_image", roi_image, (r,))
@@ -377,7 +378,7 @@ class ROICriterion(TermCriterion):
         roi_image = roi_image.long()
         assigned = self.assigner(rois, boxes, labels, box_image=roi_image)
         position = rank_in_bucket(roi_image, torch.arange(r, device=device), max(b, 1))
-        keys = hashed_keys(self.seed, image_keys(boxes, image_ids, device), position, roi_image, epoch=self.epoch)
+        keys = self.sample_keys(boxes, image_ids, position, roi_image)
         sample = self.sampler(assigned.gt_index, keys=keys, group=roi_image, num_groups=max(b, 1))
         counts = torch.tensor([x.shape[0] for x in boxes], device=device, dtype=torch.long)
         offsets = counts.cumsum(0) - counts

@@ -1,7 +1,8 @@
 """Region proposal network loss: max-IoU assignment, per-image sampling, objectness and box terms.
 
-Field report 002 (a Mask R-CNN whose detections dropped to zero) is the motivation: every
-denominator is a named normalizer, reduced across ranks, and recorded in the report.
+Every denominator is a named normalizer, reduced across ranks and recorded in the report, so a
+too-small or too-large divisor (a classic cause of a two-stage detector's detections collapsing to
+zero) is visible and changeable.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from torch import Tensor
 
 from detloss.core.checks import check_tensor
 from detloss.ops.box_coder import decode_deltas, encode_deltas
-from detloss.assign.max_iou import MaxIoUAssigner
-from detloss.assign.sampler import RandomSampler, hashed_keys, image_keys
+from detloss.criteria.sampled import SampledCriterion
 from detloss.criteria.target_checks import check_gt_boxes
-from detloss.criteria.terms import TermCriterion
+from detloss.criteria.targets import Targets
+from detloss.criteria.terms import config_options
 from detloss.functional.classification import bce_with_logits
 from detloss.functional.iou import iou_loss
 from detloss.functional.regression import smooth_l1
@@ -59,14 +60,14 @@ class RPNTargets:
         return self.pos | self.neg
 
 
-class RPNCriterion(TermCriterion):
+class RPNCriterion(SampledCriterion):
     """RPN loss over anchors shared by a batch of images, returning a :class:`LossReport` (``obj``, ``box``).
 
     Per image, anchors are assigned by :class:`MaxIoUAssigner` ``(pos_iou, neg_iou, min_pos_iou)`` and
     ``sample_num`` of them are sampled by :class:`RandomSampler` (at most ``pos_fraction`` positive).
 
     * ``obj``: BCE of the objectness logit of every sampled anchor against 1 (positive) or 0
-      (negative), the positive term multiplied by ``pos_weight`` (report 002's ``rpn_cls_pos_weight``).
+      (negative), the positive term multiplied by ``pos_weight`` (mmdet's ``pos_weight`` of the RPN head).
     * ``box``: on sampled positives, smooth-L1 (``beta``) or L1 between the predicted deltas and the
       encoded GT (:func:`encode_deltas`, ``(dx, dy, dw, dh)`` with ``box_stds``), summed over the 4
       coordinates — one element per positive; or ``box_loss="giou"``: ``1 - GIoU`` of the decoded
@@ -78,13 +79,9 @@ class RPNCriterion(TermCriterion):
     ``num_pos`` and ``target_sum`` (sampled positives), ``num_samples``, ``batch_size``,
     ``images_with_fg``, ``num_cells`` (anchors per image) and each term's ``num_elements``.
 
-    **Sampling determinism.** The random keys of the sampler are a hash of ``(seed, epoch, image key,
-    anchor index)`` (:func:`detloss.assign.sampler.hashed_keys`), computed on the device. The image key
-    is the ``image_ids`` passed to :meth:`forward` (use dataset indices) or, by default, a hash of the
-    image's GT boxes. So an image is sampled the same way whichever rank or batch position it has:
-    a k-rank DDP step samples exactly what one process on the concatenated batch samples. Call
-    :meth:`set_epoch` (the trainer does) to draw a new sample each epoch. Without ``image_ids``,
-    images with identical GT (e.g. all empty ones) share one sample pattern within an epoch.
+    **Sampling determinism**: as :class:`~detloss.criteria.sampled.SampledCriterion`, keys hashed from
+    ``(seed, epoch, image key, anchor index)``. Without ``image_ids``, images with identical GT (e.g. all
+    empty ones) share one sample pattern within an epoch.
 
     Args:
         weights: term gains, e.g. ``{"obj": 1.0, "box": 1.0}``.
@@ -107,9 +104,9 @@ class RPNCriterion(TermCriterion):
 
     def __init__(
         self,
+        *,
         weights: Mapping[str, float] | None = None,
         normalizers: Mapping[str, str] | None = None,
-        *,
         pos_weight: float = 1.0,
         box_loss: str = "smooth_l1",
         beta: float = 1.0 / 9.0,
@@ -126,31 +123,29 @@ class RPNCriterion(TermCriterion):
         super().__init__()
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.setup_sampling(
+            beta=beta, box_stds=box_stds, sample_num=sample_num, pos_fraction=pos_fraction, neg_pos_ub=neg_pos_ub,
+            pos_iou=pos_iou, neg_iou=neg_iou, min_pos_iou=min_pos_iou, allow_low_quality=allow_low_quality, seed=seed,
+        )  # fmt: skip
         self.setup_terms(TERMS, DEFAULT_WEIGHTS, DEFAULT_NORMALIZERS, weights, normalizers)
         self.pos_weight = float(pos_weight)
         self.box_loss = box_loss
-        self.beta = float(beta)
-        self.box_stds = tuple(float(s) for s in box_stds)
-        if len(self.box_stds) != 4:
-            raise ValueError(f"box_stds must have 4 entries, got {len(self.box_stds)}")
-        self.assigner = MaxIoUAssigner(pos_iou, neg_iou, min_pos_iou, allow_low_quality)
-        self.sampler = RandomSampler(sample_num, pos_fraction, neg_pos_ub)
-        self.seed = int(seed)
-        self.epoch = 0
 
-    def set_epoch(self, epoch: float) -> None:
-        """Sampling changes with ``floor(epoch)``; the trainer calls this."""
-        self.epoch = int(epoch // 1)
+    @classmethod
+    def from_config(cls, cfg: object, **overrides: object) -> RPNCriterion:
+        """From a config section whose fields are this class's options (the harness's ``rpn`` section; a
+        pydantic model, a dataclass or a dict); ``overrides`` (e.g. ``seed``) replace fields."""
+        return cls(**(config_options(cfg) | overrides))
 
     def forward(
         self,
         objectness: Tensor,
         box_deltas: Tensor,
         anchors: Tensor,
-        gt_boxes: Sequence[Tensor],
+        gt_boxes: Targets | Sequence[Tensor],
         image_ids: Sequence[int] | Tensor | None = None,
+        *,
+        weights: Mapping[str, float] | None = None,
     ) -> LossReport:
         """Loss of one batch.
 
@@ -158,27 +153,25 @@ class RPNCriterion(TermCriterion):
             objectness: ``(B, A)`` logits (all levels concatenated).
             box_deltas: ``(B, A, 4)`` predicted ``(dx, dy, dw, dh)``.
             anchors: ``(A, 4)`` pixel ``xyxy``, the same for every image.
-            gt_boxes: per image ``(n_i, 4)`` pixel ``xyxy`` (``n_i`` may be 0); finite with ``x1 <= x2`` and
-                ``y1 <= y2``, else ``ValueError`` naming ``gt_boxes[i][j]``.
+            gt_boxes: a :class:`~detloss.criteria.targets.Targets` of the ``B`` images (its boxes are
+                read), or per image ``(n_i, 4)`` pixel ``xyxy`` (``n_i`` may be 0); finite with
+                ``x1 <= x2`` and ``y1 <= y2``, else ``ValueError`` naming ``gt_boxes[i][j]``.
             image_ids: optional ``(B,)`` global image ids for sampling (class docstring).
+            weights: this call's gains, term -> gain, overriding the base :attr:`weights`.
         """
+        gains = self.call_weights(weights)
         check_tensor("objectness", objectness, ("B", "A"), floating=True)
         b, a = objectness.shape
         check_tensor("box_deltas", box_deltas, (b, a, 4), floating=True)
+        if isinstance(gt_boxes, Targets):
+            gt_boxes = [g["boxes"] for g in gt_boxes.validate(batch_size=b).per_image()]
         if isinstance(gt_boxes, Tensor) or len(gt_boxes) != b:
             raise ValueError(f"gt_boxes must be a list of {b} tensors (n_i, 4), one per image")
         t = self.assign(anchors, gt_boxes, image_ids)
         sampled = t.sampled
         num_pos = t.pos.sum()
         num_samples = sampled.sum()
-        shared = {
-            "num_pos": num_pos,
-            "target_sum": num_pos,
-            "num_samples": num_samples,
-            "batch_size": float(b),
-            "images_with_fg": t.pos.any(1).sum(),
-            "num_cells": float(a),
-        }
+        shared = self.sampled_counts(num_pos, num_samples, b, t.pos.any(1).sum(), a)
         counts = {"*": shared, "obj": {"num_elements": num_samples}, "box": {"num_elements": num_pos}}
         denom = denominators(self.normalizers, counts, device=objectness.device)
 
@@ -192,8 +185,8 @@ class RPNCriterion(TermCriterion):
             beta = self.beta if self.box_loss == "smooth_l1" else 0.0
             box_el = smooth_l1(pred, target, beta=beta).sum(-1)
         terms = {
-            "obj": self._term("obj", obj_el, denom, num_pos=num_pos, anchor=objectness),
-            "box": self._term("box", box_el, denom, num_pos=num_pos, anchor=box_deltas),
+            "obj": self._term("obj", obj_el, denom, gains=gains, num_pos=num_pos, anchor=objectness),
+            "box": self._term("box", box_el, denom, gains=gains, num_pos=num_pos, anchor=box_deltas),
         }
         return LossReport(terms)
 
@@ -209,9 +202,7 @@ class RPNCriterion(TermCriterion):
         check_gt_boxes(gt_boxes, device)
         gt = [g.to(device) for g in gt_boxes]
         assigned = self.assigner(anchors, gt)
-        keys = hashed_keys(
-            self.seed, image_keys(gt, image_ids, device), torch.arange(a, device=device).expand(b, a), epoch=self.epoch
-        )
+        keys = self.sample_keys(gt, image_ids, torch.arange(a, device=device).expand(b, a))
         sample = self.sampler(assigned.gt_index, keys=keys)
         image, anchor = torch.nonzero(sample.pos, as_tuple=True)
         counts = torch.tensor([g.shape[0] for g in gt], device=device)

@@ -75,7 +75,8 @@ class DataConfig(_Strict):
 
 
 class BackgroundConfig(_Strict):
-    """Report 004's background penalty and its ``lambda_bg`` schedule (epochs)."""
+    """The ``bg`` term's penalty (:class:`detloss.BackgroundPenalty` fields) and its ``lambda_bg`` schedule
+    (epochs; the trainer's weight policy applies it)."""
 
     kind: Literal["max", "focal"] = "max"
     max_value: float = Field(1.0, ge=0)
@@ -138,7 +139,7 @@ class RPNConfig(_Strict):
 
     weights: dict[str, NonNegative] = Field(default_factory=dict)
     normalizers: Normalizers = Field(default_factory=dict)
-    pos_weight: float = Field(1.0, gt=0)  # report 002's rpn_cls_pos_weight
+    pos_weight: float = Field(1.0, gt=0)  # weight of the positive anchors' objectness BCE
     box_loss: Literal["smooth_l1", "l1", "giou"] = "smooth_l1"
     beta: float = Field(1.0 / 9.0, ge=0)
     sample_num: int = Field(256, ge=1)
@@ -160,7 +161,7 @@ class ROIConfig(_Strict):
 
     weights: dict[str, NonNegative] = Field(default_factory=dict)
     normalizers: Normalizers = Field(default_factory=dict)
-    fg_weight: float = Field(1.0, gt=0)  # report 002's roi_cls_pos_weight
+    fg_weight: float = Field(1.0, gt=0)  # weight of the foreground ROIs' classification elements
     label_smoothing: float = Field(0.0, ge=0, le=1)
     with_mask: bool = True
     mask_size: int = Field(14, ge=2)
@@ -178,12 +179,11 @@ class ROIConfig(_Strict):
 
 class GridConfig(_Strict):
     """Every option of :class:`detloss.criteria.multigrid.MultigridCriterion` (terms ``loc``, ``obj``,
-    ``cls``). Every term unset in ``normalizers`` uses ``batch_size``: per-image sums, so train and
-    validation losses are comparable (report 003; the criterion's own defaults are the report's per-batch
-    cell counts)."""
+    ``cls``; its defaults: ``batch_size`` normalizers, per-image sums, so train and validation losses are
+    comparable). The grid's stride is ``model.stride``."""
 
     weights: dict[str, NonNegative] = Field(default_factory=dict)
-    normalizers: Normalizers = Field(default_factory=dict)  # unset terms: batch_size
+    normalizers: Normalizers = Field(default_factory=dict)  # unset terms: the criterion's (batch_size)
     loc_loss: Literal["mse", "l1", "smooth_l1"] = "mse"
     cls_loss: Literal["bce", "ce"] = "ce"
     obj_pos_weight: float = Field(1.0, gt=0)

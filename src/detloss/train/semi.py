@@ -1,4 +1,4 @@
-"""Teacher-student (semi-supervised) training of the dense detector: field report 004's loop, every knob named.
+"""Teacher-student (semi-supervised) training of the dense detector (a mean-teacher loop), every knob named.
 
 Until ``semi.burn_in`` epochs (or ``semi.burn_in_steps`` steps) the student trains on the labelled images
 alone. Then the teacher is copied from the student (:class:`~detloss.semi.teacher.EMATeacher`) and each
@@ -9,11 +9,12 @@ step adds an unlabelled batch:
 2. the student sees the strong view (:func:`~detloss.semi.augment.strong_photometric`, same geometry) and
    is trained towards the pseudo-labels by a second :class:`DenseCriterion` whose terms are reported as
    ``u_box``, ``u_cls``, ``u_dfl`` (weight ``loss.weights`` x the ramped ``semi.unsup_weight``) and the
-   background penalty ``u_bg`` (its own ``lambda_bg`` schedule: zero during burn-in, then warm-up).
+   background penalty ``u_bg`` (its own ``lambda_bg`` schedule: zero during burn-in, then warm-up); both
+   rules live in one :class:`~detloss.weighting.policy.WeightPolicy` whose gains go to each call.
    Anchors that no pseudo-box claims but the teacher scores at least ``semi.ignore_score`` are left out
    of ``u_cls`` and ``u_bg`` (neither positive nor negative): a young teacher keeps few of its boxes,
    and training the objects it dropped as background teaches the student, then the teacher through the
-   EMA, to miss them, until no pseudo-box is left (field report 004's collapse; measured in the README).
+   EMA, to miss them, until no pseudo-box is left (a collapse of the pseudo-labels; measured in the README).
    An unlabelled image without pseudo-boxes is otherwise all background: its anchors get the ``cls``
    zero target and the ``bg`` penalty, and every normalizer is floored, so the terms stay finite;
 3. after the optimizer step the teacher is updated as an EMA of the student.
@@ -35,6 +36,8 @@ on the whole batch. Per-step pseudo-label statistics are rank 0's slice; per-epo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -50,8 +53,10 @@ from detloss.train.config import TrainConfig
 from detloss.train.data import load_sample
 from detloss.train.evaluation import evaluate
 from detloss.train.tasks.base import StepOutputs
-from detloss.train.tasks.dense import build_background, build_criterion
+from detloss.criteria.dense import DenseCriterion
+from detloss.train.tasks.dense import background_schedule
 from detloss.train.trainer import Trainer
+from detloss.weighting.policy import WeightPolicy
 
 __all__ = ["SemiTrainer", "detections_to_targets"]
 
@@ -95,11 +100,21 @@ class SemiTrainer(Trainer):
         else:
             self.burn_in_steps = round(self.semi.burn_in * self.steps_per_epoch)
         self.burn_in_epochs = self.burn_in_steps / self.steps_per_epoch
-        background = build_background(self.semi.background, default_burn_in=self.burn_in_epochs)
-        self.unsup = build_criterion(
-            loss, self.num_classes, self.task.model.strides, background=background, num_vertices=0
-        ).to(self.dist.device)
-        self.unsup_base = {t: w for t, w in self.unsup.weights.items() if t != "bg"}
+        overrides: dict = {"num_vertices": 0}
+        if self.semi.background is not None:  # else loss.background's penalty and schedule
+            overrides["background"] = self.semi.background.model_dump()
+            schedule = background_schedule(self.semi.background, default_burn_in=self.burn_in_epochs)
+        else:
+            schedule = background_schedule(loss.background)
+        self.unsup = DenseCriterion.from_config(loss, self.num_classes, self.task.model.strides, **overrides)
+        self.unsup = self.unsup.to(self.dist.device)
+        # u_box, u_cls, u_dfl: loss.weights x the ramp when in semi.unsup_terms, else 0; u_bg: its schedule
+        ramp = UnsupRamp(self.semi.unsup_weight, self.burn_in_epochs, self.semi.unsup_warmup)
+        ramped = [t for t in self.unsup.terms if t != "bg" and t in self.semi.unsup_terms]
+        base = {t: (w if t == "bg" or t in ramped else 0.0) for t, w in self.unsup.weights.items()}
+        self.unsup_policy = WeightPolicy(
+            base, schedules={"bg": schedule} if schedule is not None else None, ramps=dict.fromkeys(ramped, ramp)
+        )
         self.filters = build_filters(self.semi.filters, self.num_classes).to(self.dist.device)
         self.teacher: EMATeacher | None = None
         self.unlabelled_batch = self.semi.unlabelled_batch_size or config.batch_size
@@ -116,12 +131,7 @@ class SemiTrainer(Trainer):
 
     def unsup_weight(self, epoch: float) -> float:
         """``semi.unsup_weight`` ramped linearly over ``unsup_warmup`` epochs after burn-in (0 before)."""
-        since = epoch - self.burn_in_epochs
-        if since < 0:
-            return 0.0
-        if self.semi.unsup_warmup == 0:
-            return self.semi.unsup_weight
-        return self.semi.unsup_weight * min(1.0, since / self.semi.unsup_warmup)
+        return UnsupRamp(self.semi.unsup_weight, self.burn_in_epochs, self.semi.unsup_warmup).value(epoch)
 
     # -- the unlabelled stream --------------------------------------------------------------------
 
@@ -228,16 +238,12 @@ class SemiTrainer(Trainer):
     ) -> StepOutputs:
         """The unlabelled terms of the student on ``strong`` against the pseudo-labels (no polygon term);
         ``ignore`` ``(B, A)``: anchors left out of ``u_cls`` and ``u_bg``."""
-        epoch = self.step / self.steps_per_epoch
-        self.unsup.set_epoch(epoch)  # lambda_bg
-        ramp = self.unsup_weight(epoch)
-        for term, base in self.unsup_base.items():
-            self.unsup.weights[term] = base * ramp if term in self.semi.unsup_terms else 0.0
+        weights = self.unsup_policy.weights(self.step / self.steps_per_epoch)
         with self.autocast():
             feats = self.runner(strong)
         channels = self.unsup.num_channels
         feats = [f.float()[:, :channels] for f in feats]  # the box and class channels
-        return StepOutputs(self.unsup(feats, pseudo_targets, ignore=ignore), feats, None)
+        return StepOutputs(self.unsup(feats, pseudo_targets, ignore=ignore, weights=weights), feats, None)
 
     def measure(self, out: StepOutputs, targets: dict[str, Tensor]) -> None:
         if out.outputs is None:  # a combined step: no single head output for the dense dependency masks
@@ -300,3 +306,21 @@ class SemiTrainer(Trainer):
             load_part(path, state, "teacher", self.teacher)
         load_part(path, state, "filters", self.filters)
         load_part(path, state, "unsup", self.unsup)
+
+
+@dataclass(frozen=True)
+class UnsupRamp:
+    """The unlabelled terms' gain factor: ``weight`` ramped linearly over ``warmup`` epochs after ``burn_in``
+    (0 before); a schedule of :class:`~detloss.weighting.policy.WeightPolicy`'s ``ramps``."""
+
+    weight: float
+    burn_in: float
+    warmup: float
+
+    def value(self, epoch: float) -> float:
+        since = epoch - self.burn_in
+        if since < 0:
+            return 0.0
+        if self.warmup == 0:
+            return self.weight
+        return self.weight * min(1.0, since / self.warmup)

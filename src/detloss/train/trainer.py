@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detloss.data.collate import collate
 from detloss.weighting.balancers import Balancer, build_balancer
+from detloss.weighting.policy import WeightPolicy
 from detloss.diagnose.doctor import Doctor
 from detloss.core.report import LossReport
 from detloss.train.checkpoint import load_part, read_resume, save_checkpoint
@@ -67,8 +68,9 @@ class Trainer:
     Under ``torchrun`` each rank takes its slice of every global batch of ``batch_size`` images; the
     criterion's normalizers are reduced across ranks, so the step equals one process on the whole batch.
 
-    ``config.balance`` picks a term balancer (:mod:`detloss.weighting.balancers`) that sets the criterion's
-    weights before each forward (logged per step as ``<term>/weight``); ``config.doctor.every_steps`` runs
+    ``config.balance`` picks a term balancer (:mod:`detloss.weighting.balancers`); with the task's weight
+    schedules it forms the :class:`~detloss.weighting.policy.WeightPolicy` that gives each step's term
+    gains, passed to the criterion's forward (logged per step as ``<term>/weight``); ``config.doctor.every_steps`` runs
     gradient accounting on the head outputs every N steps on the main rank into ``doctor.csv``.
 
     ``steps.csv`` and ``epochs.csv`` hold the global numbers (every rank's report reduced, one collective
@@ -107,8 +109,10 @@ class Trainer:
             self.runner = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        self.base_weights = dict(self.criterion.weights)
         self.balancer: Balancer = build_balancer(config.balance, self.criterion.terms).to(device)
+        balanced = self.balancer if self.balancer.kind != "fixed" else None
+        self.policy = WeightPolicy(self.criterion.weights, schedules=self.task.schedules, balancer=balanced)
+        self.step_weights: dict[str, float] | None = None  # the last step's gains; None: the base gains
         self.optimizer = build_optimizer(self.model, config.optim)
         learned = list(self.balancer.parameters())
         if learned:  # uncertainty weighting's log-variances
@@ -166,12 +170,9 @@ class Trainer:
         factor = lr_factor(self.step, self.total_steps, self.cfg.optim)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
-        balanced = self.balancer.kind != "fixed"
-        if balanced:
-            self.criterion.weights.update(self.base_weights)
-        self.criterion.set_epoch(self.step / self.steps_per_epoch)
-        if balanced:  # before the forward, so the report records the weights used
-            self.criterion.weights.update(self.balancer.weights(self.criterion.weights))
+        epoch = self.step / self.steps_per_epoch
+        self.criterion.set_epoch(epoch)  # the samplers' draw
+        self.step_weights = self.policy.weights(epoch)  # before the forward: the report records them
         out = self.step_loss(images, targets)
         report = out.report
         if self.doctor is not None and self.doctor.due(self.step):
@@ -197,7 +198,7 @@ class Trainer:
     # -- what subclasses (teacher-student training) change ---------------------------------------
 
     def step_loss(self, images: Tensor, targets: dict[str, Tensor]) -> StepOutputs:
-        """The report one step backpropagates (weights and epoch already set)."""
+        """The report one step backpropagates (:attr:`step_weights` and the epoch already set)."""
         return self.forward_loss(self.runner, images, targets)
 
     def measure(self, out: StepOutputs, targets: dict[str, Tensor]) -> None:
@@ -219,8 +220,10 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
 
     def forward_loss(self, runner: nn.Module, images: Tensor, targets: dict[str, Tensor]) -> StepOutputs:
-        """The task's loss step: ``targets`` as :meth:`batches` yields them."""
-        return self.task.loss(runner, images, targets, targets.get("image_ids"), self.autocast)
+        """The task's loss step with the last step's gains: ``targets`` as :meth:`batches` yields them."""
+        return self.task.loss(
+            runner, images, targets, targets.get("image_ids"), self.autocast, weights=self.step_weights
+        )
 
     def _average_balancer_grads(self) -> None:
         """DDP averages the model's gradients; do the same for the balancer's parameters."""

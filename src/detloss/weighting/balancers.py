@@ -6,8 +6,8 @@ So ``L_i`` below always means the term *with its base weight*, ``value_i / m_i``
 
 The trainer's step, in order::
 
-    crit.weights.update(balancer.weights(base))      # before the forward: the report records them
-    report = crit(feats, targets)
+    weights = balancer.weights(base)                 # before the forward: the report records them
+    report = crit(feats, targets, weights=weights)
     if balancer.due(step):
         balancer.update(report, feats)               # graph still alive; changes the next step's weights
     total = report.total + (balancer.regularizer(report) or 0)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class WarmupSchedule:
     """Zero during ``burn_in`` epochs, then a warm-up over ``warmup`` epochs to ``max_value``.
 
-    ``mode="linear"``: ``max_value * min(1, (epoch - burn_in) / warmup)``, as in field report 004.
+    ``mode="linear"``: ``max_value * min(1, (epoch - burn_in) / warmup)``.
     ``mode="step"``: zero until ``burn_in + warmup``, then ``max_value``.
 
     Example:

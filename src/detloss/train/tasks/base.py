@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from detloss.criteria.targets import pad_targets
 from detloss.core.report import LossReport
 
 #: A context manager factory: ``torch.autocast(...)`` on CUDA with bf16, else ``nullcontext``.
@@ -30,13 +29,16 @@ class Task:
 
     Attributes:
         model: the detector (``nn.Module``).
-        criterion: its criterion: ``terms``, a ``weights`` dict, ``set_epoch``, ``state_dict``.
+        criterion: its criterion: ``terms``, base ``weights`` (never changed by training), ``set_epoch``
+            (samplers), ``state_dict``; its ``forward`` takes ``weights=`` (the step's gains).
+        schedules: term -> schedule of its gain (e.g. ``lambda_bg``), for the trainer's weight policy.
         has_polygons: whether predictions carry polygons (polygon AP is evaluated).
     """
 
     kind = "base"
     model: nn.Module
     criterion: nn.Module
+    schedules: dict = {}
     has_polygons = False
 
     def loss(
@@ -46,9 +48,11 @@ class Task:
         targets: dict[str, Tensor],
         image_ids: Tensor | None,
         autocast: Autocast,
+        weights: dict[str, float] | None = None,
     ) -> StepOutputs:
         """The criterion's report on ``images`` ``(B, 3, H, W)`` with collated ``targets``
-        (:func:`detloss.data.collate.collate`); ``runner`` is ``model`` or its DDP wrapper."""
+        (:func:`detloss.data.collate.collate`) and the step's term gains ``weights`` (``None``: the
+        criterion's base gains); ``runner`` is ``model`` or its DDP wrapper."""
         raise NotImplementedError
 
     def measure(self, doctor, step: int, out: StepOutputs, targets: dict[str, Tensor]) -> None:
@@ -59,18 +63,3 @@ class Task:
         """Per-image ``boxes (N, 4)`` xyxy px, ``scores (N,)``, ``labels (N,)`` (+ ``polygons``), no gradient."""
         raise NotImplementedError
 
-
-def per_image(targets: dict[str, Tensor], batch_size: int, image_hw: tuple[int, int]) -> list[dict[str, Tensor]]:
-    """Collated targets as one dict of pixel tensors per image (``boxes``, ``labels`` and, when collated,
-    ``polygons`` with ``polygon_counts``)."""
-    device = targets["bboxes"].device
-    padded = pad_targets(targets, batch_size, image_hw, device)
-    images = []
-    for b in range(batch_size):
-        keep = padded.mask[b]
-        item = {"boxes": padded.boxes[b][keep], "labels": padded.labels[b][keep]}
-        if padded.polygons is not None:
-            item["polygons"] = padded.polygons[b][keep]
-            item["polygon_counts"] = padded.polygon_valid[b][keep].sum(-1)
-        images.append(item)
-    return images

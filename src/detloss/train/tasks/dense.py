@@ -4,52 +4,21 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from detloss.criteria.dense import BackgroundPenalty, DenseCriterion
+from detloss.criteria.dense import DenseCriterion
 from detloss.evaluate import decode_dense
 from detloss.ops.hull import convex_hull
 from detloss.models import TinyDetector
 from detloss.weighting.schedule import WarmupSchedule
-from detloss.train.config import BackgroundConfig, LossConfig, TrainConfig
+from detloss.train.config import BackgroundConfig, TrainConfig
 from detloss.train.tasks.base import Autocast, StepOutputs, Task
 
 
-def build_background(b: BackgroundConfig | None, default_burn_in: float = 0.0) -> BackgroundPenalty | None:
-    """The ``bg`` term's penalty and ``lambda_bg`` schedule; ``burn_in: null`` takes ``default_burn_in``."""
+def background_schedule(b: BackgroundConfig | None, default_burn_in: float = 0.0) -> WarmupSchedule | None:
+    """The ``bg`` term's ``lambda_bg`` schedule; ``burn_in: null`` takes ``default_burn_in``."""
     if b is None:
         return None
     burn_in = default_burn_in if b.burn_in is None else b.burn_in
-    schedule = WarmupSchedule(b.max_value, burn_in, b.warmup, b.mode)
-    return BackgroundPenalty(b.kind, schedule=schedule, gamma=b.gamma, logit_clamp=b.logit_clamp)
-
-
-def build_criterion(
-    cfg: LossConfig,
-    num_classes: int,
-    strides: tuple[int, ...],
-    *,
-    background: BackgroundPenalty | None = None,
-    num_vertices: int | None = None,
-) -> DenseCriterion:
-    """:class:`DenseCriterion` from ``cfg`` (``background`` / ``num_vertices``: replace ``cfg``'s)."""
-    return DenseCriterion(
-        num_classes,
-        strides,
-        cfg.reg_max,
-        preset=cfg.preset,
-        weights=cfg.weights,
-        normalizers=cfg.normalizers,
-        cls_loss=cfg.cls_loss,
-        cls_loss_args=cfg.cls_loss_args,
-        class_weights=cfg.class_weights,
-        box_loss=cfg.box_loss,
-        topk=cfg.topk,
-        alpha=cfg.alpha,
-        beta=cfg.beta,
-        background=background if background is not None else build_background(cfg.background),
-        num_vertices=cfg.num_vertices if num_vertices is None else num_vertices,
-        polygon_loss=cfg.polygon_loss,
-        convexity_weight=cfg.convexity_weight,
-    )
+    return WarmupSchedule(b.max_value, burn_in, b.warmup, b.mode)
 
 
 class DenseTask(Task):
@@ -59,16 +28,24 @@ class DenseTask(Task):
         self.cfg = cfg.loss
         self.num_classes = num_classes
         self.model = TinyDetector(num_classes, cfg.loss.reg_max, cfg.loss.num_vertices, cfg.model.width)
-        self.criterion = build_criterion(cfg.loss, num_classes, TinyDetector.strides)
+        self.criterion = DenseCriterion.from_config(cfg.loss, num_classes, TinyDetector.strides)
+        schedule = background_schedule(cfg.loss.background)
+        self.schedules = {"bg": schedule} if schedule is not None else {}
         self.has_polygons = cfg.loss.num_vertices > 0
 
     def loss(
-        self, runner: nn.Module, images: Tensor, targets: dict[str, Tensor], image_ids, autocast: Autocast
+        self,
+        runner: nn.Module,
+        images: Tensor,
+        targets: dict[str, Tensor],
+        image_ids,
+        autocast: Autocast,
+        weights: dict[str, float] | None = None,
     ) -> StepOutputs:
         with autocast():
             feats = runner(images)
         feats = [f.float() for f in feats]
-        return StepOutputs(self.criterion(feats, targets), feats, feats)
+        return StepOutputs(self.criterion(feats, targets, weights=weights), feats, feats)
 
     def measure(self, doctor, step: int, out: StepOutputs, targets: dict[str, Tensor]) -> None:
         doctor.measure(step, out.report, out.outputs, self.criterion, targets)

@@ -1,47 +1,38 @@
-"""The grid kind: report 003's :class:`TinyGrid` trained by :class:`MultigridCriterion`."""
+"""The grid kind: :class:`TinyGrid` trained by :class:`MultigridCriterion` (which encodes the cells itself)."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
 from detloss.criteria.multigrid import MultigridCriterion
-from detloss.models import TinyGrid, decode_grid, grid_targets
+from detloss.criteria.targets import Targets
+from detloss.models import TinyGrid, decode_grid
 from detloss.train.config import TrainConfig
-from detloss.train.tasks.base import Autocast, StepOutputs, Task, per_image
-
-#: Per-image sums: train and validation losses comparable (report 003's option 1).
-GRID_NORMALIZERS = {"loc": "batch_size", "obj": "batch_size", "cls": "batch_size"}
+from detloss.train.tasks.base import Autocast, StepOutputs, Task
 
 
 class GridTask(Task):
     kind = "grid"
 
     def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
-        g = cfg.grid
-        self.cls_loss, self.ignore_iou = g.cls_loss, g.ignore_iou
+        self.cls_loss = cfg.grid.cls_loss
         self.model = TinyGrid(num_classes, width=cfg.model.width, stride=cfg.model.stride)
-        self.criterion = MultigridCriterion(
-            num_classes,
-            g.weights,
-            GRID_NORMALIZERS | g.normalizers,
-            loc_loss=g.loc_loss,
-            cls_loss=g.cls_loss,
-            obj_pos_weight=g.obj_pos_weight,
-        )
+        self.criterion = MultigridCriterion.from_config(cfg.grid, num_classes, cfg.model.stride)
 
     def loss(
-        self, runner: nn.Module, images: Tensor, targets: dict[str, Tensor], image_ids, autocast: Autocast
+        self,
+        runner: nn.Module,
+        images: Tensor,
+        targets: dict[str, Tensor],
+        image_ids,
+        autocast: Autocast,
+        weights: dict[str, float] | None = None,
     ) -> StepOutputs:
-        hw = tuple(images.shape[-2:])
-        gts = per_image(targets, images.shape[0], hw)
+        gt = Targets.from_dict(targets, images.shape[0], tuple(images.shape[-2:]))  # the real image size
         with autocast():
             out = runner(images)
         out = {k: v.float() for k, v in out.items()}
-        grid = grid_targets(
-            [g["boxes"] for g in gts], [g["labels"] for g in gts], tuple(out["obj"].shape[1:]),
-            self.model.stride, ignore_iou=self.ignore_iou,
-        )  # fmt: skip
-        report = self.criterion(out, grid)
+        report = self.criterion(out, gt, weights=weights)
         return StepOutputs(report, [out["loc"], out["obj"], out["cls"]])
 
     def predict(self, model: nn.Module, images: Tensor, conf: float, iou: float, max_det: int) -> list[dict]:

@@ -4,47 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from detloss.criteria.roi import ROICriterion
-from detloss.criteria.rpn import RPNCriterion
-from detloss.criteria.two_stage import TwoStageCriterion
+from detloss.criteria.targets import Targets
+from detloss.criteria.two_stage import TwoStageCriterion, TwoStageOutputs
 from detloss.models import TinyTwoStage
 from detloss.train.config import TrainConfig
-from detloss.train.tasks.base import Autocast, StepOutputs, Task, per_image
-
-
-def build_two_stage_criterion(cfg: TrainConfig, num_classes: int) -> TwoStageCriterion:
-    r, o = cfg.rpn, cfg.roi
-    rpn = RPNCriterion(
-        r.weights,
-        r.normalizers,
-        pos_weight=r.pos_weight,
-        box_loss=r.box_loss,
-        beta=r.beta,
-        sample_num=r.sample_num,
-        pos_fraction=r.pos_fraction,
-        pos_iou=r.pos_iou,
-        neg_iou=r.neg_iou,
-        min_pos_iou=r.min_pos_iou,
-        allow_low_quality=r.allow_low_quality,
-        seed=cfg.seed,
-    )
-    roi = ROICriterion(
-        num_classes,
-        o.weights,
-        o.normalizers,
-        fg_weight=o.fg_weight,
-        label_smoothing=o.label_smoothing,
-        mask_size=o.mask_size,
-        with_mask=o.with_mask,
-        beta=o.beta,
-        sample_num=o.sample_num,
-        pos_fraction=o.pos_fraction,
-        pos_iou=o.pos_iou,
-        neg_iou=o.neg_iou,
-        min_pos_iou=o.min_pos_iou,
-        seed=cfg.seed + 1,
-    )
-    return TwoStageCriterion(rpn, roi)
+from detloss.train.tasks.base import Autocast, StepOutputs, Task
 
 
 class TwoStageTask(Task):
@@ -63,14 +27,20 @@ class TwoStageTask(Task):
             proposals_train=m.proposals_train,
             proposals_test=m.proposals_test,
         )
-        self.criterion = build_two_stage_criterion(cfg, num_classes)
+        self.criterion = TwoStageCriterion.from_config(cfg, num_classes, seed=cfg.seed)
 
     def loss(
-        self, runner: nn.Module, images: Tensor, targets: dict[str, Tensor], image_ids, autocast: Autocast
+        self,
+        runner: nn.Module,
+        images: Tensor,
+        targets: dict[str, Tensor],
+        image_ids,
+        autocast: Autocast,
+        weights: dict[str, float] | None = None,
     ) -> StepOutputs:
         model: TinyTwoStage = self.model
         hw = tuple(images.shape[-2:])
-        gts = per_image(targets, images.shape[0], hw)
+        gts = Targets.from_dict(targets, images.shape[0], hw).per_image()
         with autocast():
             out = runner(images)
         gt_boxes = [g["boxes"] for g in gts]
@@ -90,11 +60,10 @@ class TwoStageTask(Task):
         cls_logits, box_deltas = cls_logits.float(), box_deltas.float()
         mask_logits = mask_logits.float() if mask_logits is not None else None
         anchors = model.anchors(hw, images.device)
-        report = self.criterion(
-            (objectness, rpn_deltas, anchors, gt_boxes),
-            (cls_logits, box_deltas, mask_logits, rois, roi_image, gts),
-            image_ids,
+        outputs = TwoStageOutputs(
+            objectness, rpn_deltas, anchors, cls_logits, box_deltas, rois, roi_image, mask_logits=mask_logits
         )
+        report = self.criterion(outputs, gts, image_ids, weights=weights)
         heads = [t for t in (objectness, rpn_deltas, cls_logits, box_deltas, mask_logits) if t is not None]
         return StepOutputs(report, heads)
 
