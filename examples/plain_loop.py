@@ -43,9 +43,10 @@ class TinyDetector(nn.Module):
 
 
 def batches(data: ShapesDataset, batch_size: int, steps: int):
-    """``(images (B, 3, H, W), Targets)`` from per-image pixel boxes and labels."""
+    """``(images (B, 3, H, W), Targets)`` from per-image pixel boxes and labels, cycling over ``data``."""
+    cached = [data[i] for i in range(len(data))]  # generated once: the shapes are drawn on the CPU
     for step in range(steps):
-        items = [data[(step * batch_size + i) % len(data)] for i in range(batch_size)]
+        items = [cached[(step * batch_size + i) % len(cached)] for i in range(batch_size)]
         images = torch.stack([it["image"] for it in items])
         targets = Targets.from_per_image([{"boxes": it["boxes"], "labels": it["labels"]} for it in items], (IMAGE, IMAGE))
         yield images, targets
@@ -54,7 +55,7 @@ def batches(data: ShapesDataset, batch_size: int, steps: int):
 def train(steps: int = 60, every: int = 10, batch_size: int = 8, seed: int = 0) -> tuple[list[float], Doctor]:
     """Train; return each step's total loss and the doctor."""
     torch.manual_seed(seed)
-    data = ShapesDataset(64, image_size=IMAGE, max_objects=3, seed=seed)
+    data = ShapesDataset(32, image_size=IMAGE, max_objects=3, seed=seed)
     model = TinyDetector(data.num_classes)
     criterion = DenseCriterion(data.num_classes, STRIDES, REG_MAX)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
