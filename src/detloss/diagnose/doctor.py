@@ -504,7 +504,7 @@ def run_doctor(cfg, steps: int = 50, every: int | None = None, evaluate: bool = 
     from detloss.core.debug import NonFiniteLossError
     from detloss.train.config import DoctorConfig
     from detloss.train.logs import CsvLog
-    from detloss.train.trainer import build_trainer
+    from detloss.train.build import build_trainer
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
