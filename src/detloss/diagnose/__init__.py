@@ -9,6 +9,7 @@ Example:
     ...     print(f)
 """
 
+from detloss.diagnose.dense import dense_dependencies
 from detloss.diagnose.findings import (
     Finding,
     check_dead,
@@ -20,13 +21,7 @@ from detloss.diagnose.findings import (
     check_starved,
     term_names,
 )
-from detloss.diagnose.gradients import (
-    SATURATION_LIMIT,
-    GradientAccount,
-    dense_dependencies,
-    gradient_accounting,
-    saturation,
-)
+from detloss.diagnose.gradients import SATURATION_LIMIT, GradientAccount, gradient_accounting, saturation
 
 __all__ = [
     "SATURATION_LIMIT",

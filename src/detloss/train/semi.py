@@ -41,6 +41,7 @@ from torch import Tensor
 from detloss.data.collate import collate
 from detloss.core.distributed import check_divisible, global_sums
 from detloss.core.report import LossReport
+from detloss.ops.head_layout import HeadLayout
 from detloss.semi.augment import strong_photometric
 from detloss.semi.filters import build_filters, teacher_pseudo_labels
 from detloss.semi.quality import pseudo_label_quality
@@ -193,8 +194,8 @@ class SemiTrainer(Trainer):
         loss = self.cfg.loss
         ignore = None
         if self.semi.ignore_score is not None:
-            c0 = 4 * loss.reg_max
-            scores = torch.cat([f[:, c0 : c0 + self.num_classes].flatten(2) for f in feats], 2).amax(1).sigmoid()
+            layout = HeadLayout(loss.reg_max, self.num_classes, loss.num_vertices)
+            scores = layout.flatten(feats, "cls").amax(-1).sigmoid()  # (B, A)
             ignore = scores >= self.semi.ignore_score
         candidates = teacher_pseudo_labels(
             feats,
