@@ -37,7 +37,7 @@ BACKGROUND_PENALTIES = ("max", "focal")
 
 #: Defaults: YOLOv8's gains and its positive-mass normalizer for box, cls and dfl (so the gains
 #: people have tuned keep their meaning), but no ``* batch_size`` on the total, and counts reduced
-#: across ranks. ``bg`` is the mean over background anchors, as report 004 defines it.
+#: across ranks. ``bg`` is the mean over background anchors (one penalty value per anchor).
 DEFAULT_WEIGHTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "poly": 7.5, "bg": 1.0}
 DEFAULT_NORMALIZERS = {
     "box": "target_sum",

@@ -212,7 +212,8 @@ class EntropyFilter(DetectionFilter):
 
 
 class AdaptiveClassThreshold(DetectionFilter):
-    """Per-class score thresholds that follow the teacher's confidence ("DSAT", field report 004).
+    """Per-class score thresholds that follow the teacher's confidence in each class (in the manner of DSAT,
+    dynamic self-adaptive thresholds), so a class the teacher scores low is not filtered out wholesale.
 
     Rule, per call (update first, then filter):
 

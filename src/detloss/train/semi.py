@@ -1,4 +1,4 @@
-"""Teacher-student (semi-supervised) training of the dense detector: field report 004's loop, every knob named.
+"""Teacher-student (semi-supervised) training of the dense detector, every knob named.
 
 Until ``semi.burn_in`` epochs (or ``semi.burn_in_steps`` steps) the student trains on the labelled images
 alone. Then the teacher is copied from the student (:class:`~detloss.semi.teacher.EMATeacher`) and each
@@ -13,7 +13,7 @@ step adds an unlabelled batch:
    Anchors that no pseudo-box claims but the teacher scores at least ``semi.ignore_score`` are left out
    of ``u_cls`` and ``u_bg`` (neither positive nor negative): a young teacher keeps few of its boxes,
    and training the objects it dropped as background teaches the student, then the teacher through the
-   EMA, to miss them, until no pseudo-box is left (field report 004's collapse; measured in the README).
+   EMA, to miss them, until no pseudo-box is left (a collapse of the pseudo-labels; measured in the README).
    An unlabelled image without pseudo-boxes is otherwise all background: its anchors get the ``cls``
    zero target and the ``bg`` penalty, and every normalizer is floored, so the terms stay finite;
 3. after the optimizer step the teacher is updated as an EMA of the student.
