@@ -41,6 +41,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from detloss.ops.head_layout import HeadLayout
 from detloss.testing.reference_yolo import v8_detection_loss
 
 CASES = {"a": {"batch": 16, "objects": 8}, "b": {"batch": 8, "objects": 300}}
@@ -52,6 +53,7 @@ LABELS = {
     "unavoidable": "unavoidable: BCE + DFL softmax",
 }
 IMAGE, STRIDES, NUM_CLASSES, REG_MAX = 640, (8, 16, 32), 80, 16
+LAYOUT = HeadLayout(REG_MAX, NUM_CLASSES)
 
 
 def naive_loss(feats, targets, nc=NUM_CLASSES, strides=STRIDES, reg_max=REG_MAX):
@@ -61,16 +63,13 @@ def naive_loss(feats, targets, nc=NUM_CLASSES, strides=STRIDES, reg_max=REG_MAX)
     return sum(terms.values()) * feats[0].shape[0], terms, fg
 
 
-def unavoidable_loss(feats, reg_max=REG_MAX):
+def unavoidable_loss(feats, layout=LAYOUT):
     """BCE (against the all-background target: ``softplus(x)``) over every anchor and class, plus the DFL
     softmax expectation over every anchor, in the head's own layout (no permute, no assignment)."""
     total = feats[0].new_zeros(())
     for f in feats:
-        b, _, h, w = f.shape
-        box, cls = f.split((4 * reg_max, f.shape[1] - 4 * reg_max), 1)  # split: backward writes, no zero-fill
-        dist = box.reshape(b, 4, reg_max, h * w).softmax(2)
-        bins = torch.arange(reg_max, dtype=f.dtype).view(1, 1, reg_max, 1)
-        total = total + F.softplus(cls).sum() + (dist * bins).sum()
+        box, cls, _ = layout.split(f.flatten(2))  # split: backward writes, no zero-fill
+        total = total + F.softplus(cls).sum() + layout.decode_boxes(box, dim=1).sum()
     return total
 
 
@@ -144,7 +143,7 @@ def worker(case: str, row: str, what: str, repeats: int, wait_idle: float = 0.0)
     from detloss.data.synthetic import random_feats, random_targets
 
     cfg = CASES[case]
-    feats = random_feats(cfg["batch"], 4 * REG_MAX + NUM_CLASSES, IMAGE, STRIDES, seed=0)
+    feats = random_feats(cfg["batch"], LAYOUT.num_channels, IMAGE, STRIDES, seed=0)
     targets = random_targets(cfg["batch"], NUM_CLASSES, cfg["objects"], seed=0)
     if row == "naive":
 

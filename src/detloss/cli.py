@@ -124,7 +124,7 @@ def print_report(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     try:
         from detloss.train.config import load_config
-        from detloss.train.trainer import build_trainer
+        from detloss.train.build import build_trainer
     except ImportError as err:
         raise SystemExit(f"detloss train needs the train extra: pip install 'detloss[train]' ({err})") from err
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detloss.assign.max_iou import MaxIoUAssigner, box_iou_matrix
+from detloss.assign.max_iou import MaxIoUAssigner
+from detloss.ops.boxes import box_iou_matrix
 
 
 def test_thresholds_give_positive_ignored_and_negative():

@@ -10,8 +10,8 @@ import torch
 
 from detloss import DenseCriterion, LossReport, make_term
 from detloss.data.synthetic import random_feats, random_targets
+from detloss.diagnose.dense import axis_giou_saturation, polygon_axis_saturation
 from detloss.diagnose.doctor import Doctor
-from detloss.diagnose.gradients import axis_giou_saturation, polygon_axis_saturation
 from detloss.functional.polygon import axis_giou, mgiou
 from detloss.train.doctor import read_measurements
 from detloss.train.logs import CsvLog

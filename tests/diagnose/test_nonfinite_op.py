@@ -144,10 +144,10 @@ def test_doctor_names_a_zero_over_zero_inside_detloss(tmp_path, monkeypatch, deb
 
     monkeypatch.setattr(dense, "iou_loss", degenerate_targets)
     f = _doctor(tmp_path)
-    iou_py = Path(dense.__file__).parent.parent / "functional" / "iou.py"
+    iou_py = Path(dense.__file__).parent.parent / "ops" / "boxes.py"
     line = _line_in(iou_py, "(p.w2 / p.h2).atan()")
     assert f["term"] == "box" and f["numbers"]["step"] == k and f"step {k}" in f["message"]
-    assert f"aten.div.Tensor (forward, made nan) at detloss/functional/iou.py:{line} in _ciou" in f["message"]
+    assert f"aten.div.Tensor (forward, made nan) at detloss/ops/boxes.py:{line} in _ciou" in f["message"]
     assert "aten.div.Tensor" in f["fix"] and "nan_to_num" in f["fix"]
     assert len(calls) == k + 1  # the failing step, then once more under the mode
 

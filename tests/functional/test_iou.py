@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detloss.functional import box_ciou, box_diou, box_giou, box_iou, iou_loss
+from detloss.functional import iou_loss
+from detloss.ops.boxes import box_ciou, box_diou, box_giou, box_iou
 
 KINDS = ["iou", "giou", "diou", "ciou"]
 SIMILARITY = {"iou": box_iou, "giou": box_giou, "diou": box_diou, "ciou": box_ciou}

@@ -13,13 +13,11 @@ from detloss.semi import (
     PseudoLabelFilter,
     ScoreThreshold,
     build_filters,
-    dfl_entropy,
     teacher_pseudo_labels,
 )
 from detloss.testing.ddp import spawn_gloo
 
 OFF = -1e4  # a logit whose softmax weight and sigmoid are exactly 0 in float32
-INF = float("inf")
 
 
 def _image(scores, labels, entropy=None):
@@ -49,56 +47,6 @@ def _assert_rows(out, original, rows):
             torch.testing.assert_close(out[k], v[idx])
         else:
             assert out[k] is v or out[k] == v
-
-
-# ---------------------------------------------------------------- dfl_entropy
-
-
-def test_entropy_one_hot_is_exactly_zero_and_uniform_is_one():
-    r = 8
-    one_hot = torch.full((4, r), -INF)
-    one_hot[:, 3] = 0.0
-    underflow = torch.full((4, r), OFF)
-    underflow[:, 5] = 0.0
-    for logits in (one_hot, underflow):
-        h = dfl_entropy(logits, r)
-        assert h.shape == ()
-        assert h.item() == 0.0  # exactly, not approximately
-    uniform = torch.zeros(4 * r)
-    assert abs(dfl_entropy(uniform, r).item() - 1.0) <= 1e-6
-    assert abs(dfl_entropy(torch.full((4, r), 7.5), r).item() - 1.0) <= 1e-6  # shift invariant
-
-
-def test_entropy_two_bins_by_hand():
-    # p = (1/4, 3/4): H = -(1/4 ln 1/4 + 3/4 ln 3/4) = 0.5623351 nats, / ln 2 = 0.8112781
-    h2 = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2)
-    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0], [0.0, -INF], [0.0, 0.0]])
-    expected = (h2 + h2 + 0.0 + 1.0) / 4
-    torch.testing.assert_close(dfl_entropy(logits, 2), torch.tensor(expected))
-    torch.testing.assert_close(dfl_entropy(logits.flatten(), 2), torch.tensor(expected))  # side-major flat
-    # leading dims are kept: (2, 3, 4, 2) -> (2, 3)
-    batch = logits.expand(2, 3, 4, 2)
-    torch.testing.assert_close(dfl_entropy(batch, 2), torch.full((2, 3), expected))
-    torch.testing.assert_close(dfl_entropy(batch.flatten(-2), 2), torch.full((2, 3), expected))
-
-
-def test_entropy_gradient_is_finite_with_minus_inf_logits():
-    logits = torch.tensor([[0.0, -INF, 1.0], [0.0, 0.0, 0.0], [2.0, -INF, -INF], [0.5, 0.0, -1.0]], requires_grad=True)
-    h = dfl_entropy(logits, 3)
-    assert torch.isfinite(h)
-    h.backward()
-    assert torch.isfinite(logits.grad).all()
-
-
-def test_entropy_empty_and_bad_inputs():
-    assert dfl_entropy(torch.zeros(0, 16), 4).shape == (0,)
-    assert dfl_entropy(torch.zeros(0, 4, 4), 4).shape == (0,)
-    with pytest.raises(ValueError, match="reg_max"):
-        dfl_entropy(torch.zeros(4), 1)
-    with pytest.raises(ValueError, match=r"dfl_logits must have shape \(\.\.\., 4, 4\) or \(\.\.\., 16\)"):
-        dfl_entropy(torch.zeros(3, 12), 4)
-    with pytest.raises(ValueError, match="dfl_logits"):
-        dfl_entropy(torch.zeros(16, dtype=torch.long), 4)
 
 
 # ---------------------------------------------------------------- teacher_pseudo_labels

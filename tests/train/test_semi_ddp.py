@@ -9,9 +9,9 @@ import torch
 
 from detloss.testing import spawn_gloo, torchrun_train
 from detloss.testing.tiny import TINY_RUN
+from detloss.train.build import build_trainer
 from detloss.train.config import load_config
 from detloss.train.logs import read_csv
-from detloss.train.trainer import build_trainer
 
 #: The teacher is copied at step 0 and keeps every candidate above 0.002 that the adaptive threshold,
 #: computed from both ranks' candidates, lets through.

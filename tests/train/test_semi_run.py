@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from detloss.testing.tiny import TINY_RUN
+from detloss.train.build import build_trainer
 from detloss.train.config import load_config
 from detloss.train.logs import read_csv
 from detloss.train.semi import SemiTrainer
-from detloss.train.trainer import build_trainer
 
 SEMI = [
     *TINY_RUN, "data.train_images=48", "data.labelled_fraction=0.25", "batch_size=4", "epochs=4",

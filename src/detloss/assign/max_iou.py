@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 
 from detloss.core.checks import check_tensor
-from detloss.ops.nms import box_iou_matrix
+from detloss.ops.boxes import box_iou_matrix
 
-__all__ = ["MaxIoUAssigner", "MaxIoUAssignment", "box_iou_matrix"]
+__all__ = ["MaxIoUAssigner", "MaxIoUAssignment"]
 
 NEGATIVE = -1
 IGNORED = -2

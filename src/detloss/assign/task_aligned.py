@@ -74,7 +74,7 @@ On CPU (one thread) the chunked path measured faster than the dense one except o
 **Reproducibility.** Against ultralytics 8.4.190's assigner the results (fg mask, GT index, labels, boxes
 and soft targets) are bit-identical when both use the same CIoU function. ultralytics' own ``bbox_iou``
 changed its CIoU ``alpha`` from ``v / (v - iou + (1 + eps))`` (8.4.100 and before, and
-:func:`detloss.functional.iou.box_ciou`) to ``v / (1 - iou + v + eps)`` (8.4.150, 8.4.190), which moves
+:func:`detloss.ops.boxes.box_ciou`) to ``v / (1 - iou + v + eps)`` (8.4.150, 8.4.190), which moves
 about 3% of IoUs by one ulp; soft targets then agree to float32 precision.
 """
 
@@ -88,7 +88,7 @@ from typing import Literal
 import torch
 
 from detloss.core.checks import check_same, check_tensor
-from detloss.functional.iou import box_ciou
+from detloss.ops.boxes import box_ciou
 
 __all__ = [
     "BACKGROUND_LABEL",

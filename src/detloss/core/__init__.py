@@ -1,4 +1,5 @@
-"""The core every layer builds on: terms and reports, named normalizers and their one all-reduce,
+"""The core every layer builds on: terms and reports, named normalizers, the distributed helpers (world size,
+the one all-reduce of sums, the batch-split check),
 input checks and the non-finite debugger. Imports nothing else from detloss."""
 
 from detloss.core.normalize import NORMALIZERS, Normalizer, denominators

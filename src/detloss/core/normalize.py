@@ -26,8 +26,9 @@ import math
 from collections.abc import Mapping
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
+
+from detloss.core.distributed import global_sums, world_size
 
 #: Count keys a criterion may provide. ``num_cells`` (cells or anchors per image) is a constant.
 COUNT_KEYS = (
@@ -180,23 +181,6 @@ class Normalizer(nn.Module):
 
     def extra_repr(self) -> str:
         return repr(self.spec)
-
-
-def world_size() -> int:
-    """Ranks in the default process group; 1 outside ``torch.distributed``."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def global_sums(values: Mapping[str, Tensor | float], device: torch.device | None = None) -> dict[str, Tensor]:
-    """Sum each value over all ranks with a single ``all_reduce``; identity outside DDP. No host sync."""
-    if not values:
-        return {}
-    if device is None:
-        device = next((v.device for v in values.values() if isinstance(v, Tensor)), None)
-    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in values.values()])
-    if world_size() > 1:
-        dist.all_reduce(stacked)
-    return dict(zip(values, stacked.unbind(0), strict=True))
 
 
 def denominators(

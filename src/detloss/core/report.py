@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from detloss.core.debug import debug_nan_enabled, watch
-from detloss.core.normalize import world_size
+from detloss.core.distributed import world_size
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from detloss.assign.anchors import bbox2dist, dist2bbox, make_anchors
 from detloss.assign.task_aligned import TaskAlignedAssigner, ultralytics_min_candidate_size
-from detloss.ops.head_layout import HeadOutputs, check_level_sizes
+from detloss.ops.head_layout import HeadLayout, HeadOutputs, check_level_sizes
 from detloss.criteria.targets import Targets
 from detloss.criteria.terms import TermCriterion, config_options
 from detloss.functional import classification as cls_losses
@@ -125,7 +125,8 @@ class DenseCriterion(TermCriterion):
         image_size: ``(h, w)`` in pixels; default: first level's size times its stride.
 
     Shapes:
-        ``feats``: list of ``(B, 4 * reg_max + C [+ 2K], H_l, W_l)``, ``H_l`` and ``W_l`` the image size
+        ``feats``: list of ``(B, 4R + C [+ 2K], H_l, W_l)`` (``R = reg_max``, channels as in
+        :class:`~detloss.ops.head_layout.HeadLayout`), ``H_l`` and ``W_l`` the image size
         divided by ``strides[l]``, rounded down or up.
         ``targets``: a :class:`~detloss.criteria.targets.Targets` (pixel boxes; with polygons for the
         polygon branch), or the YOLO-layout dict ``batch_idx (N,)``, ``cls (N,)``, ``bboxes (N, 4)``
@@ -136,7 +137,7 @@ class DenseCriterion(TermCriterion):
 
     Example:
         >>> crit = DenseCriterion(num_classes=3, strides=(8, 16), reg_max=4)
-        >>> feats = [torch.randn(2, 4 * 4 + 3, 8, 8), torch.randn(2, 4 * 4 + 3, 4, 4)]
+        >>> feats = [torch.randn(2, crit.num_channels, 8, 8), torch.randn(2, crit.num_channels, 4, 4)]
         >>> t = {"batch_idx": torch.tensor([0]), "cls": torch.tensor([1]),
         ...      "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])}
         >>> report = crit(feats, t)
@@ -190,6 +191,7 @@ class DenseCriterion(TermCriterion):
         self.box_loss = box_loss
         self.background = background
         self.num_vertices = num_vertices
+        self.layout = HeadLayout(reg_max, num_classes, num_vertices)
         self.polygon_loss = polygon_loss
         self.convexity_weight = convexity_weight
         self.image_size = image_size
@@ -204,12 +206,11 @@ class DenseCriterion(TermCriterion):
         if cw is not None and cw.shape != (num_classes,):
             raise ValueError(f"class_weights must have shape ({num_classes},), got {tuple(cw.shape)}")
         self.register_buffer("class_weights", cw)
-        self.register_buffer("bins", torch.arange(reg_max, dtype=torch.float32), persistent=False)
 
     @property
     def num_channels(self) -> int:
         """Channels each level of ``feats`` must have."""
-        return 4 * self.reg_max + self.num_classes + 2 * self.num_vertices
+        return self.layout.num_channels
 
     @classmethod
     def from_config(cls, cfg: object, num_classes: int, strides: Sequence[int], **overrides: object) -> DenseCriterion:
@@ -249,8 +250,8 @@ class DenseCriterion(TermCriterion):
         denom = denominators(self.normalizers, self._counts(t, head, ignore), device=fg.device)
         anchor = head.cls[0]  # any prediction tensor: keeps empty terms attached to the graph
 
-        pos_logits = head.gather(head.box, t.image, t.anchor)  # (P, 4 * reg_max)
-        pos_ltrb = self._decode(pos_logits)
+        pos_logits = head.gather(head.box, t.image, t.anchor)  # (P, 4R)
+        pos_ltrb = self.layout.decode_boxes(pos_logits)  # (P, 4) grid units
         terms = {}
         box_el = iou_loss(dist2bbox(pos_ltrb, t.points), t.boxes, kind=self.box_loss, preset=self.preset)
         terms["box"] = self._term("box", box_el, denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=anchor)
@@ -268,7 +269,7 @@ class DenseCriterion(TermCriterion):
             "dfl", dfl_el.mean(-1), denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=anchor
         )
         if self.num_vertices:
-            offsets = head.gather(head.poly, t.image, t.anchor).float().view(-1, self.num_vertices, 2)
+            offsets = self.layout.vertices(head.gather(head.poly, t.image, t.anchor).float())  # (P, K, 2)
             poly_el = self._polygon_elements(t.points[:, None, :] + offsets, t.polygons, t.polygon_valid)
             terms["poly"] = self._term(
                 "poly", poly_el, denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=head.poly[0]
@@ -287,21 +288,7 @@ class DenseCriterion(TermCriterion):
     # -- pieces ---------------------------------------------------------------------------------
 
     def _split(self, feats: Sequence[Tensor]) -> HeadOutputs:
-        groups = (4 * self.reg_max, self.num_classes, 2 * self.num_vertices)
-        return HeadOutputs.split(feats, self.strides, groups)
-
-    def _decode(self, box_logits: Tensor) -> Tensor:
-        """``(P, 4 * reg_max)`` logits -> ``(P, 4)`` expected ltrb distances in grid units."""
-        if self.reg_max == 1:
-            return box_logits.float()
-        return box_logits.float().unflatten(-1, (4, self.reg_max)).softmax(-1) @ self.bins
-
-    def _decode_level(self, box_logits: Tensor) -> Tensor:
-        """One level's ``(B, 4 * reg_max, HW)`` logits -> ``(B, 4, HW)`` expected distances."""
-        if self.reg_max == 1:
-            return box_logits.float()
-        probs = box_logits.float().unflatten(1, (4, self.reg_max)).softmax(2)  # (B, 4, R, HW)
-        return (probs * self.bins.view(1, 1, -1, 1)).sum(2)
+        return self.layout.split_levels(feats, self.strides)
 
     def _assign(self, head: HeadOutputs, targets: Targets | Mapping[str, Tensor]) -> DenseTargets:
         b, device = head.batch_size, head.cls[0].device
@@ -321,7 +308,7 @@ class DenseCriterion(TermCriterion):
         # The assigner sees detached predictions. Decoding every anchor is needed only here, so it runs
         # without autograd; the loss decodes the positives again, with gradient.
         with torch.no_grad():
-            ltrb = torch.cat([self._decode_level(x) for x in head.box], 2).transpose(1, 2)  # (B, A, 4)
+            ltrb = torch.cat([self.layout.decode_boxes(x, dim=1) for x in head.box], 2).transpose(1, 2)  # (B, A, 4)
             pred_px = dist2bbox(ltrb, grid) * strides[:, None]
             logits = torch.cat(head.cls, 2).transpose(1, 2)  # (B, A, C) view of a detached copy
             assigned = self.assigner(

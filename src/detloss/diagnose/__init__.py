@@ -12,6 +12,7 @@ Example:
     ...     print(f)
 """
 
+from detloss.diagnose.dense import dense_dependencies
 from detloss.diagnose.doctor import Doctor, Measurement
 from detloss.diagnose.findings import (
     Finding,
@@ -27,7 +28,6 @@ from detloss.diagnose.findings import (
 from detloss.diagnose.gradients import (
     SATURATION_LIMIT,
     GradientAccount,
-    dense_dependencies,
     gradient_accounting,
     saturation,
     term_grad_norms,

@@ -46,12 +46,8 @@ from detloss.diagnose.findings import (
     check_starved,
     term_names,
 )
-from detloss.diagnose.gradients import (
-    GradientAccount,
-    dense_dependencies,
-    gradient_accounting,
-    polygon_axis_saturation,
-)
+from detloss.diagnose.dense import dense_dependencies, polygon_axis_saturation
+from detloss.diagnose.gradients import GradientAccount, gradient_accounting
 
 __all__ = [
     "Doctor",
@@ -268,8 +264,7 @@ class Doctor:
             crit: the criterion (for the dependency masks and the class-logit channels).
         """
         start = time.perf_counter()
-        lo = 4 * crit.reg_max
-        logits = {"cls": [f.detach()[:, lo : lo + crit.num_classes] for f in feats]}
+        logits = {"cls": [crit.layout.split(f.detach())[1] for f in feats]}
         assigned = crit.assign(feats, targets)
         deps = dense_dependencies(crit, feats, targets, assigned)
         account = gradient_accounting(report, feats, depends=deps, saturation_logits=logits)

@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from detloss.ops.boxes import box_iou_matrix
 from detloss.ops.polygon import polygon_area, polygon_iou
 
 __all__ = ["IoUProvider", "box_map", "coco_ap", "coco_thresholds", "polygon_map"]
@@ -258,18 +259,18 @@ def _xywh(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def coco_box_iou(dt: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """``maskUtils.iou`` of ``xywh`` float64 boxes ``(D, 4)``, ``(G, 4)`` without crowd: ``(D, G)``."""
-    da = dt[:, 2] * dt[:, 3]
-    ga = gt[:, 2] * gt[:, 3]
-    w = torch.minimum(dt[:, None, 2] + dt[:, None, 0], gt[None, :, 2] + gt[None, :, 0]) - torch.maximum(
-        dt[:, None, 0], gt[None, :, 0]
-    )
-    h = torch.minimum(dt[:, None, 3] + dt[:, None, 1], gt[None, :, 3] + gt[None, :, 1]) - torch.maximum(
-        dt[:, None, 1], gt[None, :, 1]
-    )
-    inter = w * h
-    ok = (w > 0) & (h > 0)
-    return torch.where(ok, inter / torch.where(ok, da[:, None] + ga[None, :] - inter, 1.0), 0.0)
+    """``maskUtils.iou`` of ``xywh`` float64 boxes ``(D, 4)``, ``(G, 4)`` without crowd: ``(D, G)``.
+
+    :func:`~detloss.ops.boxes.box_iou_matrix` with COCO's two differences: the areas are ``w * h`` of
+    the ``xywh`` boxes and the far corners ``x + w``, ``y + h`` (pycocotools' own arithmetic), and a pair
+    without overlap is 0 even when both boxes have zero area (where the ratio is ``0 / 0``).
+    """
+    iou = box_iou_matrix(_xyxy(dt), _xyxy(gt), dt[:, 2] * dt[:, 3], gt[:, 2] * gt[:, 3])
+    return iou.nan_to_num(nan=0.0)
+
+
+def _xyxy(xywh: torch.Tensor) -> torch.Tensor:
+    return torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
 
 
 def box_map(

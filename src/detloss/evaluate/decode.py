@@ -1,13 +1,8 @@
 """Decode the raw outputs of a dense (anchor-free, DFL) head into per-image detections.
 
 The channel layout is exactly the one :class:`detloss.DenseCriterion` trains: per level
-``(B, 4 * reg_max + C [+ 2K], H, W)`` with
-
-* ``4 * reg_max`` DFL box logits, side-major (channel ``side * reg_max + bin``, sides ``l, t, r, b``),
-  whose softmax expectation over ``arange(reg_max)`` is the distance from the anchor point in stride
-  units (``reg_max == 1``: the channels are the distances themselves);
-* ``C`` class logits;
-* ``2K`` polygon vertex offsets ``x0, y0, x1, y1, ...`` from the anchor point, in stride units.
+``(B, 4R + C [+ 2K], H, W)``, box distributions, class logits and polygon vertex offsets, as
+:class:`~detloss.ops.head_layout.HeadLayout` describes.
 
 Post-processing follows ultralytics' ``non_max_suppression`` in single-label mode: one label per anchor
 (its best class), kept when that class's sigmoid score is ``> conf``, at most ``max_nms`` candidates
@@ -20,8 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from detloss.core.checks import check_tensor
 from detloss.assign.anchors import dist2bbox, make_anchors
+from detloss.ops.head_layout import HeadLayout
 from detloss.ops.nms import batched_nms
 
 __all__ = ["decode_dense"]
@@ -44,7 +39,8 @@ def decode_dense(
     """Per-image detections from the per-level outputs of a dense head.
 
     Args:
-        feats: one ``(B, 4 * reg_max + num_classes + 2 * num_vertices, H_l, W_l)`` tensor per level.
+        feats: one ``(B, 4R + C + 2K, H_l, W_l)`` tensor per level (``R = reg_max``, ``C = num_classes``,
+            ``K = num_vertices``).
         strides: pixels per cell of each level, e.g. ``(8, 16, 32)``.
         num_classes: ``C``.
         reg_max: DFL bins per side (``1``: direct ``ltrb`` distances).
@@ -64,38 +60,28 @@ def decode_dense(
         outputs, e.g. its DFL logits. Computed in float32 without gradient.
 
     Example:
-        >>> feats = [torch.full((1, 4 * 2 + 3, 2, 2), -10.0)]
+        >>> feats = [torch.full((1, 11, 2, 2), -10.0)]  # 4 sides x 2 bins + 3 classes
         >>> feats[0][0, 8 + 1, 0, 1] = 5.0  # class 1 at cell (y=0, x=1); DFL logits all equal -> 0.5
         >>> det = decode_dense(feats, strides=(8,), num_classes=3, reg_max=2)[0]
         >>> det["boxes"], det["labels"]
         (tensor([[ 8.,  0., 16.,  8.]]), tensor([1]))
     """
-    if not isinstance(feats, Sequence) or len(feats) == 0:
-        raise ValueError("feats must be a non-empty list of (B, 4 * reg_max + C [+ 2K], H, W) tensors")
-    if not isinstance(strides, Sequence) or len(strides) != len(feats):
-        raise ValueError(f"strides must have one entry per level of feats ({len(feats)}), got {strides!r}")
     if num_classes < 1 or reg_max < 1 or num_vertices < 0:
         raise ValueError("num_classes and reg_max must be >= 1 and num_vertices >= 0")
-    channels = 4 * reg_max + num_classes + 2 * num_vertices
-    b = feats[0].shape[0] if isinstance(feats[0], torch.Tensor) and feats[0].dim() == 4 else None
-    for i, f in enumerate(feats):
-        check_tensor(f"feats[{i}]", f, (b, channels, "H", "W"), floating=True)
+    layout = HeadLayout(reg_max, num_classes, num_vertices)
+    layout.check(feats)
+    if not isinstance(strides, Sequence) or len(strides) != len(feats):
+        raise ValueError(f"strides must have one entry per level of feats ({len(feats)}), got {strides!r}")
     device = feats[0].device
     sizes = [(f.shape[2], f.shape[3]) for f in feats]
-    groups = [f.float().flatten(2).split((4 * reg_max, num_classes, 2 * num_vertices), 1) for f in feats]
-    box_raw, cls_logits, poly_raw = (torch.cat(parts, 2) for parts in zip(*groups, strict=True))
     points, anchor_strides = make_anchors(sizes, strides, device=device)  # (A, 2), (A,)
 
-    if reg_max == 1:
-        ltrb = box_raw.transpose(1, 2)  # (B, A, 4)
-    else:
-        probs = box_raw.unflatten(1, (4, reg_max)).softmax(2)  # (B, 4, R, A)
-        ltrb = torch.einsum("bsra,r->bas", probs, torch.arange(reg_max, device=device, dtype=probs.dtype))
+    ltrb = layout.decode_boxes(layout.flatten(feats, "box").float())  # (B, A, 4)
     boxes = dist2bbox(ltrb * anchor_strides[:, None], points)  # (B, A, 4) pixels
-    scores, labels = cls_logits.sigmoid().max(1)  # (B, A)
+    scores, labels = layout.flatten(feats, "cls").float().sigmoid().max(-1)  # (B, A)
     polygons = None
     if num_vertices:
-        offsets = poly_raw.transpose(1, 2).unflatten(-1, (num_vertices, 2))  # (B, A, K, 2)
+        offsets = layout.vertices(layout.flatten(feats, "poly").float())  # (B, A, K, 2)
         polygons = points[:, None, :] + offsets * anchor_strides[:, None, None]
 
     out = []

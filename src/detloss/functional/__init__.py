@@ -9,8 +9,8 @@ from detloss.functional.classification import (
     softmax_cross_entropy,
     varifocal,
 )
-from detloss.functional.dfl import dfl_decode, distribution_focal
-from detloss.functional.iou import box_ciou, box_diou, box_giou, box_iou, iou_loss
+from detloss.functional.dfl import distribution_focal
+from detloss.functional.iou import iou_loss
 from detloss.functional.polygon import convexity_penalty, mgiou, mgiou_loss, sort_by_angle
 from detloss.functional.regression import l1, mse, smooth_l1
 from detloss.functional.sparse_bce import bce_with_sparse_targets
@@ -26,11 +26,6 @@ __all__ = [
     "mgiou",
     "mgiou_loss",
     "sort_by_angle",
-    "box_ciou",
-    "box_diou",
-    "box_giou",
-    "box_iou",
-    "dfl_decode",
     "distribution_focal",
     "iou_loss",
     "l1",

@@ -1,4 +1,5 @@
-"""Penalties on background anchors (field report 004): per-anchor values, reduced by the core."""
+"""Penalties on background anchors (against confident false positives in teacher-student training):
+per-anchor values, reduced by the core."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from detloss.core.checks import as_float32, check_tensor
 def _logits(logits: object, logit_clamp: float | None) -> torch.Tensor:
     check_tensor("logits", logits, ("N", "C"), floating=True)
     x = as_float32(logits)
-    # Opt-in, as report 004 asks; beyond the bound the penalty has zero gradient, so it is off by default.
+    # Opt-in: beyond the bound the penalty has zero gradient, so it is off by default.
     return x if logit_clamp is None else x.clamp(-logit_clamp, logit_clamp)
 
 

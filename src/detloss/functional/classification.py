@@ -2,7 +2,7 @@
 
 Every function returns one loss value per element (never reduced) and computes in float32 (float64 is
 kept, for gradcheck), also under autocast. Targets of the sigmoid losses may be soft scores in ``[0, 1]``
-(background is an all-zero target row, see DESIGN.md); their values are not checked, since that would
+(background is an all-zero target row: no class channel for it); their values are not checked, since that would
 need a device synchronisation.
 """
 
@@ -162,7 +162,8 @@ def softmax_cross_entropy(
     With ``ε = label_smoothing``, ``w = class_weight`` (ones if ``None``) and ``log p = log_softmax(x)``:
     ``ℓ_i = (1 - ε)·w[y_i]·(-log p_{i,y_i}) + (ε / C)·Σ_c w_c·(-log p_{i,c})``, which is
     :func:`torch.nn.functional.cross_entropy` with ``reduction="none"``. Note that class weights are *not*
-    normalised here; a weighted mean divides by ``Σ w[y_i]`` and is a normalizer choice (see DESIGN.md).
+    normalised here; a weighted mean divides by ``Σ w[y_i]``, which is the
+    normalizer's job (one named ``D`` per term), not the element loss's.
 
     Args:
         logits: ``(N, C)`` floating.

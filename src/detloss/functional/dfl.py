@@ -1,4 +1,4 @@
-"""Distribution focal loss (GFL, Li et al. 2020) and the decoding of its discrete distributions.
+"""Distribution focal loss (GFL, Li et al. 2020); decoding the distributions is :func:`detloss.ops.dfl.dfl_decode`.
 
 A box side is predicted as logits over ``reg_max`` bins ``0, 1, ..., reg_max - 1`` (distances in stride
 units); its value is the expectation of the softmax. DFL pushes the probability mass onto the two bins
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from detloss.core.checks import as_float32, check_same, check_trailing
 
-__all__ = ["dfl_decode", "distribution_focal"]
+__all__ = ["distribution_focal"]
 
 #: Upper margin of the target clamp: targets are clamped to ``[0, reg_max - 1 - DFL_TARGET_MARGIN]``.
 DFL_TARGET_MARGIN = 0.01
@@ -65,38 +65,3 @@ def distribution_focal(pred_dist: torch.Tensor, target: torch.Tensor) -> torch.T
     ce_left = -logp.gather(-1, left.unsqueeze(-1)).squeeze(-1)
     ce_right = -logp.gather(-1, right.unsqueeze(-1)).squeeze(-1)
     return ce_left * wl + ce_right * wr
-
-
-def dfl_decode(pred_dist: torch.Tensor, reg_max: int | None = None) -> torch.Tensor:
-    """Expected distances of four side distributions: ``softmax(logits) · (0, 1, ..., reg_max - 1)``.
-
-    The last dim holds the four sides one after the other (``[side0 bins, side1 bins, side2 bins, side3
-    bins]``, as ultralytics' ``view(..., 4, reg_max)``); for YOLOv8 the sides are left, top, right, bottom
-    distances from the anchor point in stride units.
-
-    Args:
-        pred_dist: ``(..., 4 * reg_max)`` floating logits.
-        reg_max: number of bins; inferred as ``pred_dist.shape[-1] // 4`` if ``None``.
-
-    Returns:
-        ``(..., 4)`` float32, each value in ``[0, reg_max - 1]``.
-
-    Example:
-        >>> dfl_decode(torch.zeros(1, 4 * 16))  # uniform over 0..15
-        tensor([[7.5000, 7.5000, 7.5000, 7.5000]])
-    """
-    check_trailing("pred_dist", pred_dist, ("4*reg_max",), floating=True)
-    assert isinstance(pred_dist, torch.Tensor)
-    n = pred_dist.shape[-1]
-    if reg_max is None:
-        reg_max = n // 4
-    if reg_max < 1 or n != 4 * reg_max:
-        raise ValueError(
-            "pred_dist must have shape (..., 4*reg_max) with reg_max >= 1"
-            + ("" if reg_max is None else f" (reg_max={reg_max})")
-            + f", got {tuple(pred_dist.shape)}"
-        )
-    x = as_float32(pred_dist)
-    prob = x.unflatten(-1, (4, reg_max)).softmax(-1)
-    bins = torch.arange(reg_max, device=x.device, dtype=x.dtype)
-    return (prob * bins).sum(-1)  # elementwise, not matmul: stays float32 under autocast

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detloss.ops.head_layout import HeadLayout
+
 
 class ConvNormAct(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, k: int = 3, s: int = 1, groups: int = 1) -> None:
@@ -35,7 +37,8 @@ class Block(nn.Module):
 
 
 class TinyDetector(nn.Module):
-    """Outputs the ``feats`` of :class:`detloss.DenseCriterion`: per level ``(B, 4*reg_max + C + 2K, H, W)``.
+    """Outputs the ``feats`` of :class:`detloss.DenseCriterion`: per level ``(B, 4R + C + 2K, H, W)``, the
+    channels of ``self.layout`` (:class:`~detloss.ops.head_layout.HeadLayout`).
 
     Args:
         num_classes: C.
@@ -55,6 +58,8 @@ class TinyDetector(nn.Module):
     def __init__(self, num_classes: int, reg_max: int = 16, num_vertices: int = 0, width: int = 32) -> None:
         super().__init__()
         self.num_classes, self.reg_max, self.num_vertices = num_classes, reg_max, num_vertices
+        self.layout = HeadLayout(reg_max, num_classes, num_vertices)
+        box_channels, _, poly_channels = self.layout.groups
         c1, c2, c3 = width, 2 * width, 4 * width
         self.stem = nn.Sequential(ConvNormAct(3, c1 // 2, 3, 2), ConvNormAct(c1 // 2, c1, 3, 2), Block(c1))
         self.stage3 = nn.Sequential(ConvNormAct(c1, c2, 3, 2), Block(c2))  # stride 8
@@ -66,9 +71,9 @@ class TinyDetector(nn.Module):
         self.bottom_up4 = ConvNormAct(c2 + c2, c2, 3)
         self.down4 = ConvNormAct(c2, c2, 3, 2)
         self.bottom_up5 = ConvNormAct(c2 + c3, c2, 3)
-        self.box = nn.ModuleList(self._branch(c2, 4 * reg_max) for _ in self.strides)
+        self.box = nn.ModuleList(self._branch(c2, box_channels) for _ in self.strides)
         self.cls = nn.ModuleList(self._branch(c2, num_classes) for _ in self.strides)
-        self.poly = nn.ModuleList(self._branch(c2, 2 * num_vertices) for _ in self.strides) if num_vertices else None
+        self.poly = nn.ModuleList(self._branch(c2, poly_channels) for _ in self.strides) if num_vertices else None
         self._init_biases()
 
     @staticmethod

@@ -3,7 +3,7 @@
 Semantics are torchvision's ``nms`` / ``batched_nms``: boxes are visited in decreasing score order
 (ties: the lower index first, a stable sort), a box is kept unless a kept box overlaps it with
 ``IoU > iou_threshold`` (strictly greater), and the result lists the kept indices in decreasing score
-order. IoU uses areas ``(x2 - x1) * (y2 - y1)`` without ``+1``.
+order. IoU is :func:`~detloss.ops.boxes.box_iou_matrix` (areas ``(x2 - x1) * (y2 - y1)``, no ``+1``).
 
 The suppression runs block by block over the score-sorted boxes: each block's IoU rows against every
 later box are computed at once (a ``(block, N)`` boolean matrix, never ``(N, N)``), the greedy choice
@@ -17,28 +17,11 @@ from __future__ import annotations
 import torch
 
 from detloss.core.checks import check_same, check_tensor
+from detloss.ops.boxes import box_iou_matrix
 
-__all__ = ["batched_nms", "box_iou_matrix", "nms"]
+__all__ = ["batched_nms", "nms"]
 
 _BLOCK = 512
-
-
-def box_iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU ``(N, M)`` of every ``xyxy`` box of ``a`` ``(N, 4)`` with every box of ``b`` ``(M, 4)``.
-
-    Degenerate pairs (both areas zero, no overlap) give ``nan`` (``0 / 0``), which never exceeds a
-    threshold, so such boxes never suppress each other.
-
-    >>> box_iou_matrix(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 1.0, 3.0, 3.0]]))
-    tensor([[0.1429]])
-    """
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def _check(boxes: object, scores: object) -> None:
@@ -80,7 +63,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
             continue
         later = (~suppressed[end:]).nonzero().squeeze(1) + end  # alive boxes after it
         cols = torch.cat([rows, later])
-        over = _iou_rows(b[rows], area[rows], b[cols], area[cols]) > iou_threshold  # (r, r + later)
+        over = box_iou_matrix(b[rows], b[cols], area[rows], area[cols]) > iou_threshold  # (r, r + later)
         r = rows.numel()
         alive = [True] * r
         # Row-major pairs (i < j): alive[i] is final when its first pair comes up, since only pairs
@@ -93,14 +76,6 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         if later.numel():
             suppressed[later[over[keep_rows, r:].any(0)]] = True
     return torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long, device=boxes.device)
-
-
-def _iou_rows(a: torch.Tensor, area_a: torch.Tensor, b: torch.Tensor, area_b: torch.Tensor) -> torch.Tensor:
-    """:func:`box_iou_matrix` with precomputed areas and in-place steps (fewer ``(N, M)`` temporaries)."""
-    w = torch.minimum(a[:, 2, None], b[None, :, 2]).sub_(torch.maximum(a[:, 0, None], b[None, :, 0])).clamp_(min=0)
-    h = torch.minimum(a[:, 3, None], b[None, :, 3]).sub_(torch.maximum(a[:, 1, None], b[None, :, 1])).clamp_(min=0)
-    inter = w.mul_(h)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ from detloss.semi.filters import (
     PseudoLabelFilter,
     ScoreThreshold,
     build_filters,
-    dfl_entropy,
     teacher_pseudo_labels,
 )
 from detloss.semi.quality import pseudo_label_quality
@@ -21,7 +20,6 @@ __all__ = [
     "PseudoLabelFilter",
     "ScoreThreshold",
     "build_filters",
-    "dfl_entropy",
     "pseudo_label_quality",
     "teacher_pseudo_labels",
 ]

@@ -6,7 +6,7 @@ A *detection list* is what :func:`detloss.evaluate.decode_dense` returns: one di
 per-detection value whose first dimension is ``N``; a filter keeps the same rows of all of them, so the
 keys stay aligned. Other values (0-d tensors, non-tensors) are copied unchanged.
 
-Filters (field report 004: "DSAT" per-class adaptive thresholds, DFL entropy) are small
+Filters (per-class adaptive thresholds in the manner of DSAT, and the DFL entropy of a box) are small
 :class:`torch.nn.Module` objects with one interface, ``filter(dets) -> dets``:
 
 * :class:`ScoreThreshold` -- one global score threshold;
@@ -28,9 +28,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from detloss.core.checks import as_float32, check_tensor
+from detloss.core.checks import check_tensor
+from detloss.core.distributed import global_sums, world_size
 from detloss.evaluate.decode import decode_dense
-from detloss.core.normalize import global_sums, world_size
+from detloss.ops.dfl import dfl_entropy
+from detloss.ops.head_layout import HeadLayout
 
 __all__ = [
     "FILTER_KINDS",
@@ -40,52 +42,10 @@ __all__ = [
     "PseudoLabelFilter",
     "ScoreThreshold",
     "build_filters",
-    "dfl_entropy",
     "teacher_pseudo_labels",
 ]
 
 Detections = list[dict[str, Any]]
-
-
-def dfl_entropy(dfl_logits: Tensor, reg_max: int) -> Tensor:
-    """Normalised entropy of the DFL side distributions: ``(...)`` in ``[0, 1]``.
-
-    For each of the 4 sides ``l, t, r, b`` the entropy ``H = -sum_k p_k log p_k`` of ``softmax(logits)``
-    is divided by ``log(reg_max)`` (its maximum), then the 4 sides are averaged: ``0`` when every side
-    is one-hot (a certain box), ``1`` when every side is uniform.
-
-    Terms with ``p_k == 0`` contribute exactly 0 (the limit of ``p log p``), so ``-inf`` logits (or
-    logits so low that their softmax weight underflows) give no ``nan`` and a one-hot distribution
-    gives exactly 0. A side whose logits are all ``-inf`` has no distribution and gives ``nan``.
-
-    Args:
-        dfl_logits: ``(..., 4, reg_max)`` or ``(..., 4 * reg_max)`` (side-major: channel
-            ``side * reg_max + bin``, the dense head's layout). Float32 is used unless float64.
-        reg_max: bins per side, ``>= 2`` (one bin is a direct distance, not a distribution).
-
-    Example:
-        >>> dfl_entropy(torch.tensor([[0.0, -1e4] * 4, [0.0, 0.0] * 4]), reg_max=2)
-        tensor([0., 1.])
-    """
-    if not isinstance(reg_max, int) or reg_max < 2:
-        raise ValueError(f"reg_max must be an int >= 2 (one bin has no distribution), got {reg_max!r}")
-    if not isinstance(dfl_logits, Tensor) or not dfl_logits.is_floating_point():
-        raise ValueError(
-            f"dfl_logits must be a floating-point tensor of shape (..., 4, {reg_max}) or (..., {4 * reg_max})"
-        )
-    if dfl_logits.dim() >= 1 and dfl_logits.shape[-1] == 4 * reg_max:
-        x = dfl_logits.unflatten(-1, (4, reg_max))
-    elif dfl_logits.dim() >= 2 and tuple(dfl_logits.shape[-2:]) == (4, reg_max):
-        x = dfl_logits
-    else:
-        raise ValueError(
-            f"dfl_logits must have shape (..., 4, {reg_max}) or (..., {4 * reg_max}), got {tuple(dfl_logits.shape)}"
-        )
-    logp = torch.log_softmax(as_float32(x), dim=-1)
-    p = logp.exp()
-    # masked_fill (not where) so that the p == 0 terms are exactly 0 and also have a zero, not nan, gradient
-    h = -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)  # (..., 4)
-    return h.mean(-1) / math.log(reg_max)
 
 
 @torch.no_grad()
@@ -106,7 +66,8 @@ def teacher_pseudo_labels(
     entropy describes exactly the distribution that produced the box.
 
     Args:
-        feats: one ``(B, 4 * reg_max + num_classes + 2 * num_vertices, H_l, W_l)`` tensor per level.
+        feats: one ``(B, 4R + C + 2K, H_l, W_l)`` tensor per level (``R = reg_max``, ``C = num_classes``,
+            ``K = num_vertices``; :class:`~detloss.ops.head_layout.HeadLayout`).
         strides: pixels per cell of each level.
         num_classes: ``C``.
         reg_max: DFL bins per side.
@@ -118,17 +79,17 @@ def teacher_pseudo_labels(
     Returns:
         One dict per image, sorted by decreasing score: ``boxes (N, 4)`` ``xyxy`` pixels, ``scores (N,)``,
         ``labels (N,)`` int64, ``index (N,)`` int64 (flat anchor index), ``polygons (N, K, 2)`` pixels
-        when ``K > 0``, and ``entropy (N,)`` (:func:`dfl_entropy`) when ``reg_max >= 2``; with
+        when ``K > 0``, and ``entropy (N,)`` (:func:`~detloss.ops.dfl.dfl_entropy`) when ``reg_max >= 2``; with
         ``reg_max == 1`` the box channels are direct distances, there is no distribution, and the
         ``entropy`` key is absent (an :class:`EntropyFilter` then raises). No gradient.
     """
     dets = decode_dense(feats, strides, num_classes, reg_max, num_vertices, conf, iou, max_det, return_index=True)
     if reg_max < 2:
         return dets
-    # (B, 4 * reg_max, A): the same concatenation of levels that ``index`` refers to
-    box_raw = torch.cat([f.flatten(2)[:, : 4 * reg_max] for f in feats], 2)
+    # (B, A, 4R): the same numbering of anchors that ``index`` refers to
+    box_raw = HeadLayout(reg_max, num_classes, num_vertices).flatten(feats, "box")
     for i, det in enumerate(dets):
-        det["entropy"] = dfl_entropy(box_raw[i, :, det["index"]].transpose(0, 1), reg_max)  # (N,)
+        det["entropy"] = dfl_entropy(box_raw[i, det["index"]], reg_max)  # (N,)
     return dets
 
 
@@ -251,7 +212,8 @@ class EntropyFilter(DetectionFilter):
 
 
 class AdaptiveClassThreshold(DetectionFilter):
-    """Per-class score thresholds that follow the teacher's confidence ("DSAT", field report 004).
+    """Per-class score thresholds that follow the teacher's confidence in each class (in the manner of DSAT,
+    dynamic self-adaptive thresholds), so a class the teacher scores low is not filtered out wholesale.
 
     Rule, per call (update first, then filter):
 

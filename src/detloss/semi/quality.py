@@ -13,7 +13,7 @@ at most once, so
   class therefore counts as one FP *and* one FN.
 
 Zero-area boxes never match (their IoU is ``0 / 0 = nan``, see
-:func:`detloss.ops.nms.box_iou_matrix`).
+:func:`detloss.ops.boxes.box_iou_matrix`).
 
 ``precision = TP / (TP + FP)`` is ``nan`` when there are no pseudo-labels (nothing was claimed, so no
 claim can be right or wrong; reporting 1 or 0 would bias averages over batches), and
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from detloss.core.checks import check_same, check_tensor
-from detloss.ops.nms import box_iou_matrix
+from detloss.ops.boxes import box_iou_matrix
 
 __all__ = ["pseudo_label_quality"]
 

@@ -25,7 +25,7 @@ from detloss.diagnose.doctor import Doctor, Measurement, findings_table, plot_sh
 from detloss.diagnose.findings import Finding, _finite
 from detloss.train.config import DoctorConfig
 from detloss.train.logs import CsvLog, read_csv
-from detloss.train.trainer import build_trainer
+from detloss.train.build import build_trainer
 
 __all__ = [
     "DoctorRun",

@@ -42,8 +42,9 @@ import torch
 from torch import Tensor
 
 from detloss.data.collate import collate
-from detloss.core.normalize import global_sums
+from detloss.core.distributed import check_divisible, global_sums
 from detloss.core.report import LossReport
+from detloss.ops.head_layout import HeadLayout
 from detloss.semi.augment import strong_photometric
 from detloss.semi.filters import build_filters, teacher_pseudo_labels
 from detloss.semi.quality import pseudo_label_quality
@@ -118,10 +119,7 @@ class SemiTrainer(Trainer):
         self.filters = build_filters(self.semi.filters, self.num_classes).to(self.dist.device)
         self.teacher: EMATeacher | None = None
         self.unlabelled_batch = self.semi.unlabelled_batch_size or config.batch_size
-        if self.unlabelled_batch % self.dist.world_size:
-            raise ValueError(
-                f"semi.unlabelled_batch_size {self.unlabelled_batch} must divide by the {self.dist.world_size} ranks"
-            )
+        check_divisible("semi.unlabelled_batch_size", self.unlabelled_batch, self.dist.world_size)
         self._step_stats: dict[str, float] = {}
         self._epoch_counts = {p + k: 0.0 for p in ("pseudo/", "pseudo/box_") for k in ("tp", "fp", "fn")}
         if state is not None:
@@ -206,8 +204,8 @@ class SemiTrainer(Trainer):
         loss = self.cfg.loss
         ignore = None
         if self.semi.ignore_score is not None:
-            c0 = 4 * loss.reg_max
-            scores = torch.cat([f[:, c0 : c0 + self.num_classes].flatten(2) for f in feats], 2).amax(1).sigmoid()
+            layout = HeadLayout(loss.reg_max, self.num_classes, loss.num_vertices)
+            scores = layout.flatten(feats, "cls").amax(-1).sigmoid()  # (B, A)
             ignore = scores >= self.semi.ignore_score
         candidates = teacher_pseudo_labels(
             feats,

@@ -17,6 +17,7 @@ from detloss.data.collate import collate
 from detloss.weighting.balancers import Balancer, build_balancer
 from detloss.weighting.policy import WeightPolicy
 from detloss.diagnose.doctor import Doctor
+from detloss.core.distributed import check_divisible
 from detloss.core.report import LossReport
 from detloss.train.checkpoint import load_part, read_resume, save_checkpoint
 from detloss.train.config import OptimConfig, TrainConfig, save_config
@@ -91,8 +92,7 @@ class Trainer:
         state, changes = read_resume(resume, config, allow_changes)  # before anything is written
         if config.threads:
             torch.set_num_threads(config.threads)
-        if config.batch_size % self.dist.world_size:
-            raise ValueError(f"batch_size {config.batch_size} must divide by the {self.dist.world_size} ranks")
+        check_divisible("batch_size", config.batch_size, self.dist.world_size)
         torch.manual_seed(config.seed)
         self.train_set, self.val_set, self.num_classes = build_datasets(config.data, config.loss.num_vertices)
         self.unlabelled_set: Subset | None = None  # the training images left out by data.labelled_fraction
@@ -347,14 +347,3 @@ class Trainer:
             f"{self.out / 'last.pt'}, if any, keeps the last finite state. Lower optim.lr ({self.cfg.optim.lr:g}) "
             "or look for the cause with `detloss doctor` (DETLOSS_DEBUG_NAN=1 names the operation)"
         )
-
-
-def build_trainer(
-    config: TrainConfig, resume: str | Path | None = None, allow_changes: tuple[str, ...] = ()
-) -> Trainer:
-    """:class:`Trainer`, or :class:`~detloss.train.semi.SemiTrainer` when ``config.semi`` is set."""
-    if config.semi is not None:
-        from detloss.train.semi import SemiTrainer
-
-        return SemiTrainer(config, resume=resume, allow_changes=allow_changes)
-    return Trainer(config, resume=resume, allow_changes=allow_changes)
