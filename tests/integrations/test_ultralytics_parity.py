@@ -126,3 +126,36 @@ def test_attach_to_a_model_replaces_its_criterion_and_bad_targets_raise():
     bad["cls"][1] = 7.0
     with pytest.raises(ValueError, match=r"targets\['cls'\]"):
         model.loss(bad, model(torch.rand(2, 3, 64, 64)))
+
+
+def test_background_penalty_and_its_schedule_follow_ultralytics_epochs():
+    from ultralytics import YOLO
+
+    from detloss.criteria import BackgroundPenalty
+    from detloss.weighting.schedule import WarmupSchedule
+
+    model = _model()
+    warmup = {"bg": WarmupSchedule(2.0, burn_in=1, warmup=2)}  # gain 0 until epoch 1, then up to 2 by epoch 3
+    loss_fn = DetectionLoss(model, background=BackgroundPenalty("max"), schedules=warmup)
+    preds = model(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(7)))
+    batch = _batch(7, 2, 3, 3)
+    seen = {}
+    for epoch in (0, 2, 5):
+        loss_fn.epoch = epoch
+        loss, items = loss_fn(preds, batch)
+        bg = loss_fn.last_report["bg"]
+        seen[epoch] = (float(bg.weight), float(items["bg_loss"]), float(bg.raw_sum / bg.normalizer))
+        assert list(items) == ["box_loss", "cls_loss", "dfl_loss", "bg_loss"] and loss.shape == (4,)
+    assert [seen[e][0] for e in (0, 2, 5)] == [0.0, 1.0, 2.0]
+    for epoch, (weight, item, mean_penalty) in seen.items():
+        assert item == pytest.approx(weight * mean_penalty, rel=1e-6)  # bg = gain x mean penalty over background
+    assert seen[5][2] > 0
+    # attach on a YOLO object: its epoch-start callback sets the epoch of the trained and the EMA criteria
+    yolo = YOLO("yolov8n.yaml")
+    attach(yolo, background=BackgroundPenalty("max"), schedules=warmup)
+    trained, ema = _model(), _model()
+    trainer = SimpleNamespace(model=trained, ema=SimpleNamespace(ema=ema), epoch=3)
+    yolo.callbacks["on_train_start"][-1](trainer)
+    yolo.callbacks["on_train_epoch_start"][-1](trainer)
+    assert trained.criterion.epoch == ema.criterion.epoch == 3.0
+    assert trained.criterion.policy.weights(3.0)["bg"] == 2.0

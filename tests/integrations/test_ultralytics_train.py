@@ -10,7 +10,7 @@ pytest.importorskip("ultralytics", reason="needs ultralytics: pip install -e '.[
 from ultralytics import YOLO  # noqa: E402
 
 from detloss.integrations.ultralytics import DetectionLoss, attach  # noqa: E402
-from yolo_dataset import write_yolo_dataset  # noqa: E402
+from .yolo_dataset import write_yolo_dataset  # noqa: E402
 
 TRAIN = dict(epochs=1, imgsz=64, batch=8, device="cpu", workers=0, plots=False, amp=False, verbose=False, seed=0)
 

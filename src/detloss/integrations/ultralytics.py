@@ -33,6 +33,7 @@ from torch import Tensor
 from detloss.core.atomic import atomic_write
 from detloss.criteria.dense import DenseCriterion
 from detloss.diagnose.doctor import Doctor, findings_table, shares_table
+from detloss.weighting.policy import Schedule, WeightPolicy
 
 #: ultralytics' own gains (``default.yaml``), used when ``model.args`` lacks one.
 ULTRALYTICS_GAINS = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
@@ -83,6 +84,9 @@ class DetectionLoss:
         preset: ``"ultralytics"`` for ``v8DetectionLoss``'s exact numbers, ``None`` for detloss defaults.
         weights: term gains overriding ``model.args.box/cls/dfl`` (e.g. ``{"cls": 1.0}``).
         normalizers: term -> normalizer name, e.g. ``{"cls": "num_pos"}``.
+        schedules: term -> schedule of its gain by epoch (e.g. ``{"bg": WarmupSchedule(1.0, burn_in=5,
+            warmup=10)}`` for the background penalty), through a :class:`~detloss.weighting.policy.WeightPolicy`;
+            :attr:`epoch` is the epoch it reads (:func:`attach` sets it at each epoch start).
         doctor: an optional :class:`~detloss.diagnose.doctor.Doctor`; on the training calls it is due
             (its ``every_steps``), it measures each term's gradient w.r.t. the head outputs ``preds["boxes"]``
             and ``preds["scores"]`` inside this call, where the graph is alive.
@@ -100,7 +104,8 @@ class DetectionLoss:
         preset: str | None = None,
         weights: Mapping[str, float] | None = None,
         normalizers: Mapping[str, str] | None = None,
-        doctor: Any = None,
+        schedules: Mapping[str, Schedule] | None = None,
+        doctor: Doctor | None = None,
         **options: Any,
     ) -> None:
         head = _detect_head(model)
@@ -119,6 +124,8 @@ class DetectionLoss:
             normalizers=normalizers,
             **options,
         ).to(next(model.parameters()).device)
+        self.policy = WeightPolicy(self.criterion.weights, schedules=schedules) if schedules else None
+        self.epoch = 0.0
         self.doctor = doctor
         self.steps = 0  # training calls so far: the doctor's step count
         self.last_report = None
@@ -126,7 +133,8 @@ class DetectionLoss:
     def __call__(self, preds: Any, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         preds = preds[1] if isinstance(preds, tuple) else preds  # eval mode returns (inference, train outputs)
         targets = {"batch_idx": batch["batch_idx"], "cls": batch["cls"].reshape(-1), "bboxes": batch["bboxes"]}
-        report = self.criterion(level_maps(preds), targets)
+        gains = None if self.policy is None else self.policy.weights(self.epoch)
+        report = self.criterion(level_maps(preds), targets, weights=gains)
         self.last_report = report
         if torch.is_grad_enabled() and preds["scores"].requires_grad:  # a training call, not validation
             if self.doctor is not None and self.doctor.due(self.steps):
@@ -137,7 +145,7 @@ class DetectionLoss:
         return values * preds["scores"].shape[0], items
 
     def update(self) -> None:
-        """Called by ultralytics' trainer once per epoch (its loss schedules); detloss's are stateless here."""
+        """Called by ultralytics' trainer at each epoch end; the gains' epoch comes from :attr:`epoch`."""
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -167,6 +175,7 @@ def attach(
     preset: str | None = None,
     weights: Mapping[str, float] | None = None,
     normalizers: Mapping[str, str] | None = None,
+    schedules: Mapping[str, Schedule] | None = None,
     doctor_every: int = 0,
     out_dir: str | Path | None = None,
     **options: Any,
@@ -184,7 +193,7 @@ def attach(
     if doctor_every < 0:
         raise ValueError(f"doctor_every must be >= 0 (0 turns the doctor off), got {doctor_every}")
     doctor = Doctor(doctor_every) if doctor_every else None
-    kwargs = dict(preset=preset, weights=weights, normalizers=normalizers, **options)
+    kwargs = dict(preset=preset, weights=weights, normalizers=normalizers, schedules=schedules, **options)
     if isinstance(target, torch.nn.Module) and not hasattr(target, "add_callback"):
         target.criterion = DetectionLoss(_unwrap(target), doctor=doctor, **kwargs)
         return doctor
@@ -195,6 +204,11 @@ def attach(
         if getattr(trainer, "ema", None) is not None:
             trainer.ema.ema.criterion = DetectionLoss(trainer.ema.ema, **kwargs)
 
+    def on_train_epoch_start(trainer: Any) -> None:  # the gains' schedules follow ultralytics' epoch
+        for m in (_unwrap(trainer.model), getattr(getattr(trainer, "ema", None), "ema", None)):
+            if isinstance(getattr(m, "criterion", None), DetectionLoss):
+                m.criterion.epoch = float(trainer.epoch)
+
     def on_train_end(trainer: Any) -> None:
         if doctor is not None and int(os.environ.get("RANK", -1)) in (-1, 0):  # one writer under DDP
             found = write_doctor(doctor, out_dir if out_dir is not None else trainer.save_dir)
@@ -203,5 +217,6 @@ def attach(
     if not hasattr(target, "add_callback"):
         raise ValueError(f"target must be a DetectionModel, a YOLO object or a trainer; got {type(target).__name__}")
     target.add_callback("on_train_start", on_train_start)
+    target.add_callback("on_train_epoch_start", on_train_epoch_start)
     target.add_callback("on_train_end", on_train_end)
     return doctor
