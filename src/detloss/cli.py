@@ -77,6 +77,10 @@ def parser() -> argparse.ArgumentParser:
     doctor.add_argument("--out", default=None, help="folder for the doctor's files (default: OUT_DIR/doctor)")
     doctor.add_argument("--no-eval", action="store_true", help="skip the detections-per-image evaluations")
     doctor.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. loss.weights.cls=0.1")
+    data = sub.add_parser("data", help="write a benchmark dataset folder")
+    data.add_argument("dataset", choices=["neon-trees"], help="neon-trees: NEON aerial tree crowns (deepforest wheel)")
+    data.add_argument("out", metavar="DIR", help="folder to write (train/ and val/)")
+    data.add_argument("--wheel", default=None, help="a downloaded deepforest-2.1.0 wheel (default: pip download it)")
     compare = sub.add_parser("compare", help="overlay two runs")
     compare.add_argument("runs", nargs=2, metavar="RUN")
     compare.add_argument("--out", default=None, help="folder for the figure (default: the first run)")
@@ -182,12 +186,20 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def data(args: argparse.Namespace) -> int:
+    from detloss.data.neon_trees import write_neon_trees
+
+    for split, folder in write_neon_trees(args.out, args.wheel).items():
+        print(f"{split}: {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["report", *argv]
     args = parser().parse_args(argv)
-    commands = {"report": print_report, "train": train, "compare": compare, "doctor": doctor}
+    commands = {"report": print_report, "train": train, "compare": compare, "doctor": doctor, "data": data}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as err:
