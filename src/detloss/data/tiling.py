@@ -5,9 +5,9 @@ A sample is a dict as the readers give it: ``image (3, H, W)`` float in ``[0, 1]
 optionally other per-object tensors of length ``n`` (``is_polygon``, ``ignore``) that follow the objects.
 
 **Windows.** A tile is the ``size x size`` window with top-left corner ``(x0, y0)``. Grid windows
-(:func:`~detloss.ops.tiles.grid_windows`) start every ``size - overlap`` pixels along each axis; the last row and column are
-shifted to end exactly at the image border, so consecutive windows overlap by at least ``overlap`` and their
-union is the image. Along an axis shorter than ``size`` there is one window at 0, and the tile is padded
+(:func:`~detloss.ops.tiles.grid_windows`) start every ``size - overlap`` pixels along each axis; the last row
+and column are shifted to end exactly at the image border, so consecutive windows overlap by at least
+``overlap`` and their union is the image. Along an axis shorter than ``size`` there is one window at 0, and the tile is padded
 on the right / bottom with ``fill`` (grey 0.5, as :func:`~detloss.data.transforms.letterbox` pads): no
 image is resized. Random windows (:func:`random_window`) have integer corners drawn uniformly.
 

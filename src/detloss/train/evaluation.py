@@ -60,11 +60,8 @@ def _evaluate_tiled(task: Task, model: nn.Module, dataset, cfg: TrainConfig, num
     preds, gts = [], []
     for i in range(len(dataset.dataset)):  # the full images
         sample = dataset.dataset[i]
-        preds.append(
-            tiled_predict(
-                run, sample["image"], dataset.size, dataset.overlap, cfg.eval.nms_iou, cfg.eval.max_det, batch=cfg.batch_size
-            )
-        )
+        image, size, overlap = sample["image"], dataset.size, dataset.overlap
+        preds.append(tiled_predict(run, image, size, overlap, cfg.eval.nms_iou, cfg.eval.max_det, batch=cfg.batch_size))
         gts.append(ground_truth(sample))
     names = getattr(dataset, "class_names", None) or [str(c) for c in range(num_classes)]
     metrics = _flatten(box_map(preds, gts, max_dets=cfg.eval.max_det, conf=cfg.eval.conf), "", names)
