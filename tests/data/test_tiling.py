@@ -47,7 +47,7 @@ def test_grid_tiles_cover_the_image_with_the_overlap(h, w, size, overlap):
     windows = grid_windows(h, w, size, overlap)
     cover = torch.zeros(h, w, dtype=torch.int32)
     for x0, y0 in windows:
-        assert 0 <= x0 and 0 <= y0 and (x0 + size <= w or x0 == 0) and (y0 + size <= h or y0 == 0)
+        assert x0 >= 0 and y0 >= 0 and (x0 + size <= w or x0 == 0) and (y0 + size <= h or y0 == 0)
         cover[y0 : y0 + size, x0 : x0 + size] += 1
     assert bool((cover >= 1).all())  # union == image
     for axis_len in (h, w):

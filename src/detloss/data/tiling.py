@@ -7,9 +7,9 @@ optionally other per-object tensors of length ``n`` (``is_polygon``, ``ignore``)
 **Windows.** A tile is the ``size x size`` window with top-left corner ``(x0, y0)``. Grid windows
 (:func:`~detloss.ops.tiles.grid_windows`) start every ``size - overlap`` pixels along each axis; the last row
 and column are shifted to end exactly at the image border, so consecutive windows overlap by at least
-``overlap`` and their union is the image. Along an axis shorter than ``size`` there is one window at 0, and the tile is padded
-on the right / bottom with ``fill`` (grey 0.5, as :func:`~detloss.data.transforms.letterbox` pads): no
-image is resized. Random windows (:func:`random_window`) have integer corners drawn uniformly.
+``overlap`` and their union is the image. Along an axis shorter than ``size`` there is one window at 0, and
+the tile is padded on the right / bottom with ``fill`` (grey 0.5, as :func:`~detloss.data.transforms.letterbox`
+pads): no image is resized. Random windows (:func:`random_window`) have integer corners drawn uniformly.
 
 **Cut objects.** An object is kept when at least ``min_visible`` of its box area lies inside the window
 (a zero-area box: when it lies in the closed window); otherwise it is dropped (not marked ignore: the
@@ -66,7 +66,7 @@ def crop_tile(
     if not isinstance(image, Tensor) or image.dim() != 3:
         raise ValueError(f"sample['image'] must be a (C, H, W) tensor, got {getattr(image, 'shape', type(image))}")
     h, w = image.shape[-2:]
-    if not (0 <= x0 and 0 <= y0 and (x0 + size <= w or x0 == 0) and (y0 + size <= h or y0 == 0)):
+    if not (x0 >= 0 and y0 >= 0 and (x0 + size <= w or x0 == 0) and (y0 + size <= h or y0 == 0)):
         raise ValueError(f"tile ({x0}, {y0}) of size {size} is not inside the {h}x{w} image (or at 0 on a short axis)")
     tile = image[:, y0 : y0 + size, x0 : x0 + size]
     if tile.shape[-2:] != (size, size):
