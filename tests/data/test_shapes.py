@@ -10,10 +10,10 @@ import torch
 from detloss.data.shapes import (
     CLASS_NAMES,
     ShapesDataset,
-    clip_convex_polygon_to_rect,
     rasterize_convex_polygons,
     shape_group,
 )
+from detloss.ops.clip import clip_convex_polygon_to_rect
 
 SIZE = 96
 

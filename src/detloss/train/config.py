@@ -56,6 +56,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class TileConfig(_Strict):
+    """Large images without resizing them down (:mod:`detloss.data.tiling`): training on ``data.image_size``
+    px tiles, validation on the grid tiles (or, with ``eval.tiled``, on the full images by tiled inference)."""
+
+    overlap: int = Field(64, ge=0)  # px; at least the largest object, so tiled inference sees each whole
+    min_visible: float = Field(0.5, gt=0, le=1)  # a cut object is kept when this fraction of its box is in the tile
+    train: Literal["random", "grid"] = "random"  # random: seeded crops, as many per image as its grid has
+
+
 class DataConfig(_Strict):
     """Where images come from. ``shapes`` is generated on the fly from ``seed`` (no download)."""
 
@@ -72,6 +81,13 @@ class DataConfig(_Strict):
     num_classes: int | None = Field(None, ge=1)  # inferred from the data when left out
     # train on this fraction of the training images (a seeded choice); with `semi`, the rest is unlabelled
     labelled_fraction: float = Field(1.0, gt=0, le=1)
+    tile: TileConfig | None = None  # yolo / coco: tiles of data.image_size px instead of letterboxing
+
+    @model_validator(mode="after")
+    def _tile_fits(self):
+        if self.tile is not None and self.tile.overlap >= self.image_size:
+            raise ValueError(f"data.tile.overlap ({self.tile.overlap}) must be < data.image_size ({self.image_size})")
+        return self
 
 
 class BackgroundConfig(_Strict):
@@ -196,6 +212,7 @@ class EvalConfig(_Strict):
     nms_iou: float = Field(0.6, gt=0, le=1)
     max_det: int = Field(100, ge=1)
     plots: bool = True
+    tiled: bool = False  # needs data.tile: AP on the full validation images by tiled inference (max_det per image)
 
 
 class BalanceConfig(_Strict):
@@ -303,6 +320,12 @@ class TrainConfig(_Strict):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     doctor: DoctorConfig | None = None
     semi: SemiConfig | None = None
+
+    @model_validator(mode="after")
+    def _tiled_needs_tiles(self):
+        if self.eval.tiled and (self.data.tile is None or self.data.kind == "shapes"):
+            raise ValueError("eval.tiled needs data.tile and data.kind 'yolo' or 'coco' (the tiles' size and overlap)")
+        return self
 
 
 def _set(tree: dict, dotted: str, raw: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from detloss.data.tiling import TiledDataset
 from detloss.data.transforms import hflip, letterbox
 from detloss.train.config import DataConfig
 
@@ -45,6 +46,10 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
     num_classes = cfg.num_classes or getattr(train, "num_classes", None)
     if num_classes is None:
         raise ValueError("set data.num_classes: it cannot be inferred from this dataset")
+    if cfg.tile is not None:  # large images: tiles at full resolution instead of a letterbox
+        t = cfg.tile
+        train = TiledDataset(train, cfg.image_size, t.overlap, t.min_visible, mode=t.train, seed=cfg.seed)
+        return train, TiledDataset(val, cfg.image_size, t.overlap, t.min_visible, mode="grid"), num_classes
     return _Letterboxed(train, cfg.image_size), _Letterboxed(val, cfg.image_size), num_classes
 
 
@@ -114,8 +119,8 @@ class _Letterboxed:
 
 def load_sample(dataset, index: int, epoch: int, seed: int, hflip_p: float) -> dict:
     """``dataset[index]``, flipped with probability ``hflip_p`` by a draw seeded from (seed, epoch, index):
-    identical on every rank and after a resume."""
-    sample = dataset[index]
+    identical on every rank and after a resume. Random tiles are drawn for ``epoch`` too."""
+    sample = dataset.get(index, epoch) if isinstance(dataset, TiledDataset) else dataset[index]
     if hflip_p > 0:
         g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
         if torch.rand((), generator=g).item() < hflip_p:

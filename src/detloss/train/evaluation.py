@@ -30,7 +30,12 @@ def ground_truth(sample: dict) -> dict:
 def evaluate(
     task: Task, model: nn.Module, dataset, cfg: TrainConfig, num_classes: int, device: torch.device
 ) -> dict[str, float]:
-    """Box AP (and polygon AP when ``task`` predicts polygons), precision/recall and detections per image."""
+    """Box AP (and polygon AP when ``task`` predicts polygons), precision/recall and detections per image.
+
+    With ``eval.tiled`` (``dataset`` a :class:`~detloss.data.tiling.TiledDataset`), on its full images by tiled
+    inference, up to ``eval.max_det`` detections per image in AP."""
+    if cfg.eval.tiled:
+        return _evaluate_tiled(task, model, dataset, cfg, num_classes, device)
     preds, gts = [], []
     batch = cfg.batch_size
     for start in range(0, len(dataset), batch):
@@ -43,6 +48,25 @@ def evaluate(
     metrics = _flatten(box_map(preds, gts, conf=cfg.eval.conf), "", names)
     if task.has_polygons:
         metrics.update(_flatten(polygon_map(preds, gts, conf=cfg.eval.conf), "poly_", names))
+    return metrics
+
+
+def _evaluate_tiled(task: Task, model: nn.Module, dataset, cfg: TrainConfig, num_classes: int, device) -> dict:
+    from detloss.evaluate.tiled import tiled_predict
+
+    def run(tiles: torch.Tensor) -> list[dict]:
+        return [{k: v.cpu() for k, v in p.items()} for p in predict(task, model, tiles.to(device), cfg)]
+
+    preds, gts = [], []
+    for i in range(len(dataset.dataset)):  # the full images
+        sample = dataset.dataset[i]
+        image, size, overlap = sample["image"], dataset.size, dataset.overlap
+        preds.append(tiled_predict(run, image, size, overlap, cfg.eval.nms_iou, cfg.eval.max_det, batch=cfg.batch_size))
+        gts.append(ground_truth(sample))
+    names = getattr(dataset, "class_names", None) or [str(c) for c in range(num_classes)]
+    metrics = _flatten(box_map(preds, gts, max_dets=cfg.eval.max_det, conf=cfg.eval.conf), "", names)
+    if task.has_polygons:
+        metrics.update(_flatten(polygon_map(preds, gts, max_dets=cfg.eval.max_det, conf=cfg.eval.conf), "poly_", names))
     return metrics
 
 

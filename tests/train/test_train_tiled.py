@@ -1,0 +1,89 @@
+"""The trainer on large images: random tiles for training, tiled inference on the full validation images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import detloss.evaluate.tiled as tiled
+from detloss.data.shapes import ShapesDataset
+from detloss.data.tiling import TiledDataset
+from detloss.train.config import load_config
+from detloss.train.trainer import Trainer
+
+H, W = 200, 160  # larger than the 64 px tiles: 4 rows (0, 48, 96, 136) x 3 columns (0, 48, 96)
+
+
+def _write_yolo_split(root, split: str, n: int) -> None:
+    (root / "images" / split).mkdir(parents=True)
+    (root / "labels" / split).mkdir(parents=True)
+    data = ShapesDataset(n, image_size=(H, W), max_objects=4, num_vertices=6, seed=5, split=split)
+    for i in range(n):
+        s = data[i]
+        np.save(root / "images" / split / f"im{i}.npy", s["image"].permute(1, 2, 0).numpy())
+        lines = []
+        for label, poly, count in zip(s["labels"], s["polygons"], s["polygon_counts"], strict=True):
+            xy = poly[: int(count)] / torch.tensor([float(W), float(H)])
+            lines.append(" ".join([str(int(label)), *(f"{v:.6f}" for v in xy.flatten().tolist())]))
+        (root / "labels" / split / f"im{i}.txt").write_text("\n".join(lines) + "\n")
+
+
+def _config(tmp_path, root, *extra):
+    return load_config(
+        None,
+        [
+            f"out_dir={tmp_path / 'run'}",
+            "data.kind=yolo",
+            f"data.root={root}",
+            "data.num_classes=6",
+            "data.image_size=64",
+            "data.tile.overlap=16",
+            "model.width=8",
+            "batch_size=4",
+            "epochs=1",
+            "max_steps=2",
+            "loss.reg_max=4",
+            "loss.num_vertices=6",
+            "eval.plots=false",
+            *extra,
+        ],
+    )
+
+
+def test_tiled_training_and_tiled_evaluation(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    _write_yolo_split(root, "train", 2)
+    _write_yolo_split(root, "val", 2)
+    trainer = Trainer(_config(tmp_path, root, "eval.tiled=true", "eval.max_det=300"))
+    assert isinstance(trainer.train_set, TiledDataset) and trainer.train_set.mode == "random"
+    assert len(trainer.train_set) == 2 * 12 and len(trainer.val_set) == 2 * 12
+    images, targets = next(trainer.batches(0))
+    assert images.shape == (4, 3, 64, 64)  # full-resolution tiles, not the 200x160 image letterboxed
+    first = [trainer.train_set.get(i, 0)["tile"] for i in range(4)]
+    assert first != [trainer.train_set.get(i, 1)["tile"] for i in range(4)]  # new crops each epoch
+    epochs = []
+    get = trainer.train_set.get
+    monkeypatch.setattr(trainer.train_set, "get", lambda i, epoch=0: epochs.append(epoch) or get(i, epoch))
+    next(trainer.batches(3))
+    assert epochs == [3] * 4  # the trainer draws the crops of its epoch
+    monkeypatch.undo()
+
+    seen = []
+    real = tiled.tiled_predict
+
+    def spy(predict, image, size, overlap, *args, **kwargs):
+        seen.append((tuple(image.shape), size, overlap, args))
+        return real(predict, image, size, overlap, *args, **kwargs)
+
+    monkeypatch.setattr(tiled, "tiled_predict", spy)
+    metrics = trainer.fit()
+    assert seen == [((3, H, W), 64, 16, (0.6, 300))] * 2  # each full validation image once, eval.max_det kept
+    assert {"map50", "poly_map50", "dets_per_image"} <= set(metrics)
+
+
+def test_tiled_config_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="eval.tiled needs data.tile"):
+        load_config(None, ["eval.tiled=true"])
+    with pytest.raises(ValueError, match=r"data.tile.overlap \(64\) must be < data.image_size \(64\)"):
+        load_config(None, ["data.kind=yolo", "data.image_size=64", "data.tile.overlap=64"])
