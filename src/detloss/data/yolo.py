@@ -72,7 +72,8 @@ def _numpy():
 def load_image(path: str | Path) -> Tensor:
     """Read an image file as a ``(3, H, W)`` float32 tensor in ``[0, 1]``.
 
-    ``.npy`` needs numpy; ``.png`` / ``.jpg`` / ``.jpeg`` / ``.tif`` / ``.tiff`` need Pillow (an ``ImportError`` says so).
+    ``.npy`` needs numpy; ``.png`` / ``.jpg`` / ``.jpeg`` / ``.tif`` / ``.tiff`` need Pillow (an ``ImportError``
+    says so).
     Raises ``ValueError`` naming the file for an unsupported suffix, a file the reader cannot decode
     (truncated, corrupt, or not what its suffix says), or a bad shape, dtype or value range.
     """
