@@ -19,12 +19,16 @@ def predict(task: Task, model: nn.Module, images: torch.Tensor, cfg: TrainConfig
 
 
 def ground_truth(sample: dict) -> dict:
-    return {
+    """The evaluated ground truth; ``ignore`` (VOC ``difficult``) when the reader gives it."""
+    gt = {
         "boxes": sample["boxes"],
         "labels": sample["labels"],
         "polygons": sample["polygons"],
         "polygon_counts": sample["polygon_counts"],
     }
+    if "ignore" in sample:
+        gt["ignore"] = sample["ignore"]
+    return gt
 
 
 def evaluate(
