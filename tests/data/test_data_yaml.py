@@ -22,9 +22,10 @@ def _fixture(tmp_path: Path, names: str = "names: {0: person, 1: car}") -> Path:
     np.save(d / "images" / "val" / "c.npy", np.zeros((10, 20, 3), dtype=np.uint8))
     (d / "labels" / "train" / "a.txt").write_text("1 0.5 0.5 0.25 0.5\n")
     (d / "labels" / "val" / "c.txt").write_text("0 0.25 0.5 0.5 1.0\n")
-    (d / "val.txt").write_text("./images/val/c.npy\n\n")
+    (d / "lists").mkdir()
+    (d / "lists" / "val.txt").write_text("../images/val/c.npy\n\n")  # relative to the list's folder
     y = tmp_path / "data.yaml"
-    y.write_text(f"path: ds\ntrain: images/train\nval: val.txt\nnc: 2\n{names}\n")
+    y.write_text(f"path: ds\ntrain: images/train\nval: lists/val.txt\nnc: 2\n{names}\n")
     return y
 
 
@@ -65,7 +66,7 @@ def test_bad_entries(tmp_path):
     y = _fixture(tmp_path)
     with pytest.raises(ValueError, match=r"data\.yaml: no 'test' key"):
         YamlYoloDataset(y, "test")
-    (tmp_path / "ds" / "val.txt").write_text("images/val/c.npy\nimages/val/zz.npy\n")
+    (tmp_path / "ds" / "lists" / "val.txt").write_text("../images/val/c.npy\n../images/val/zz.npy\n")
     with pytest.raises(ValueError, match=r"val\.txt, line 2: image .*zz\.npy not found"):
         YamlYoloDataset(y, "val")
     y.write_text("path: ds\ntrain: nowhere\nnames: [a]\n")

@@ -76,6 +76,33 @@ def test_training_on_voc_takes_classes_from_the_data(tmp_path, monkeypatch):
     assert seen["names"] == ["oak", "pine"] and (tmp_path / "run" / "predictions.png").is_file()
 
 
+def test_difficult_objects_are_ignored_in_evaluation(tmp_path):
+    """An oracle that finds every object but the difficult ones scores AP 1 (without the flag: oak recall 1/2)."""
+    import torch
+
+    from detloss.train.evaluation import evaluate
+
+    _write_voc(tmp_path / "voc")
+    cfg = _config(tmp_path, "data.kind=voc", f"data.root={tmp_path / 'voc'}")
+    _, val, num_classes = build_datasets(cfg.data, 4)
+    wanted = [val[i] for i in range(len(val))]
+
+    class Oracle:
+        has_polygons = False
+
+        def predict(self, model, images, conf, nms_iou, max_det):
+            out = []
+            for s in wanted[: images.shape[0]]:
+                keep = ~s["ignore"]
+                n = int(keep.sum())
+                out.append({"boxes": s["boxes"][keep], "labels": s["labels"][keep], "scores": torch.ones(n)})
+            del wanted[: images.shape[0]]
+            return out
+
+    metrics = evaluate(Oracle(), torch.nn.Identity(), val, cfg, num_classes, torch.device("cpu"))
+    assert metrics["map50"] == pytest.approx(1.0) and metrics["recall"] == 1.0 and metrics["precision"] == 1.0
+
+
 def test_explicit_names_and_a_too_small_num_classes(tmp_path):
     _write_voc(tmp_path / "voc")
     cfg = _config(tmp_path, "data.kind=voc", f"data.root={tmp_path / 'voc'}", "data.names=[pine,oak,elm]").data
