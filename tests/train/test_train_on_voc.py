@@ -72,7 +72,7 @@ def test_training_on_voc_takes_classes_from_the_data(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "plot_predictions", lambda *a, **k: seen.setdefault("names", a[4]) and original(*a))
     metrics = trainer.fit()
     assert trainer.step == 2
-    assert {"map50", "map/oak", "map/pine"} <= set(metrics)
+    assert {"map50", "map/oak", "map/pine", "map50/oak", "map50/pine"} <= set(metrics)
     assert seen["names"] == ["oak", "pine"] and (tmp_path / "run" / "predictions.png").is_file()
 
 
@@ -101,6 +101,7 @@ def test_difficult_objects_are_ignored_in_evaluation(tmp_path):
 
     metrics = evaluate(Oracle(), torch.nn.Identity(), val, cfg, num_classes, torch.device("cpu"))
     assert metrics["map50"] == pytest.approx(1.0) and metrics["recall"] == 1.0 and metrics["precision"] == 1.0
+    assert metrics["map50/oak"] == pytest.approx(1.0) and metrics["map50/pine"] == pytest.approx(1.0)
 
 
 def test_explicit_names_and_a_too_small_num_classes(tmp_path):

@@ -218,6 +218,9 @@ def coco_ap(
         "per_class": {
             c: (float(precision[:n_user, :, k].mean()) if num_gt[c] > 0 else -1.0) for k, c in enumerate(classes)
         },
+        "per_class50": {
+            c: (float(precision[i50, :, k].mean()) if num_gt[c] > 0 else -1.0) for k, c in enumerate(classes)
+        },
         "precision": tp_conf / n_conf if n_conf else 0.0,
         "recall": tp_conf / total_gt if total_gt else 0.0,
         "dets_per_image": confident / len(scores) if len(scores) else 0.0,
@@ -317,10 +320,10 @@ def box_map(
 
     Returns:
         ``map`` (AP@[.5:.95]), ``map50``, ``map75``, ``per_class`` (class -> AP@[.5:.95], ``-1.0`` for a
-        class with predictions but no ground truth), ``precision`` and ``recall`` (greedy matches at IoU
-        0.5 among the evaluated detections with ``score >= conf``, over all classes; 0.0 when
-        undefined) and ``dets_per_image`` (mean number of predictions with ``score >= conf``). An AP is
-        ``-1.0`` when no class has ground truth, as in COCO.
+        class with predictions but no ground truth), ``per_class50`` (the same at IoU 0.5), ``precision``
+        and ``recall`` (greedy matches at IoU 0.5 among the evaluated detections with ``score >= conf``,
+        over all classes; 0.0 when undefined) and ``dets_per_image`` (mean number of predictions with
+        ``score >= conf``). An AP is ``-1.0`` when no class has ground truth, as in COCO.
 
     Example:
         >>> gt = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([0])}

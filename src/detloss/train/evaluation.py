@@ -51,8 +51,10 @@ def evaluate(
 
 
 def _flatten(result: dict, prefix: str, names) -> dict[str, float]:
-    """Scalars as they are; per-class AP@[.5:.95] as ``{prefix}map/{class name}`` (-1: no GT)."""
+    """Scalars as they are; per-class AP@[.5:.95] as ``{prefix}map/{class name}`` and AP50 as
+    ``{prefix}map50/{class name}`` (-1: no GT)."""
     out = {f"{prefix}{k}": float(v) for k, v in result.items() if not isinstance(v, dict)}
-    for c, ap in sorted(result.get("per_class", {}).items()):
-        out[f"{prefix}map/{names[c] if c < len(names) else c}"] = float(ap)
+    for key, table in (("map", "per_class"), ("map50", "per_class50")):
+        for c, ap in sorted(result.get(table, {}).items()):
+            out[f"{prefix}{key}/{names[c] if c < len(names) else c}"] = float(ap)
     return out
