@@ -122,6 +122,8 @@ def test_box_map_equals_pycocotools(seed):
                 expected = _coco_mean(p[:, :, c]) if (p[:, :, c] > -1).any() else -1.0
                 if c in ours["per_class"]:
                     assert ours["per_class"][c] == pytest.approx(expected, abs=1e-9), (c, a, m)
+                    expected50 = _coco_mean(p[0, :, c]) if (p[0, :, c] > -1).any() else -1.0
+                    assert ours["per_class50"][c] == pytest.approx(expected50, abs=1e-9), (c, a, m)
                 else:
                     assert expected == -1.0
     ours = box_map(preds, gts)

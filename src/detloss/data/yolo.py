@@ -32,7 +32,8 @@ clamped to it. Labels are parsed when the dataset is built, images when an item 
 
 Images: ``.npy`` arrays ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` with 1, 3 or 4 channels (alpha is
 dropped, gray is repeated), ``uint8`` (divided by 255) or floating point in ``[0, 1]``; PNG / JPEG only
-when Pillow is installed (imported lazily; the library itself needs only torch and numpy).
+when Pillow is installed (imported lazily; the library itself needs only torch and numpy); TIFF (``.tif``,
+``.tiff``) likewise, read by Pillow as RGB (8-bit images, as aerial orthophoto crops ship).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ __all__ = [
     "parse_yolo_labels",
 ]
 
-IMAGE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,7 +72,8 @@ def _numpy():
 def load_image(path: str | Path) -> Tensor:
     """Read an image file as a ``(3, H, W)`` float32 tensor in ``[0, 1]``.
 
-    ``.npy`` needs numpy; ``.png`` / ``.jpg`` / ``.jpeg`` need Pillow (an ``ImportError`` says so).
+    ``.npy`` needs numpy; ``.png`` / ``.jpg`` / ``.jpeg`` / ``.tif`` / ``.tiff`` need Pillow (an ``ImportError``
+    says so).
     Raises ``ValueError`` naming the file for an unsupported suffix, a file the reader cannot decode
     (truncated, corrupt, or not what its suffix says), or a bad shape, dtype or value range.
     """

@@ -131,6 +131,7 @@ def coco_ap(
     max_dets: int = 100,
     conf: float = 0.25,
     area_range: tuple[float, float] = AREA_ALL,
+    gt_ignore: Sequence[torch.Tensor] | None = None,
 ) -> dict:
     """COCO AP from per-image predictions and ground truths, matched by a given IoU.
 
@@ -143,6 +144,8 @@ def coco_ap(
         conf: score threshold of ``precision``, ``recall`` and ``dets_per_image``.
         area_range: ground truths outside ``[lo, hi]`` are ignored, and so are unmatched detections
             outside it (COCO's ``areaRng``; default ``"all"``).
+        gt_ignore: per image, ``(M_i,)`` bool: ground truths ignored whatever their area (VOC
+            ``difficult``, COCO's ``ignore``): matched like area-ignored ones, never counted in recall.
 
     Returns:
         The dict of :func:`box_map`.
@@ -170,9 +173,10 @@ def coco_ap(
             det = (lab == c).nonzero().squeeze(1)
             det = det[torch.sort(-s[det], stable=True).indices][:max_dets]
             gt = (g_lab == c).nonzero().squeeze(1)
-            g_ignore = (g_area[gt] < lo) | (g_area[gt] > hi)
+            flagged = gt_ignore[img] if gt_ignore is not None else torch.zeros(g_lab.shape[0], dtype=torch.bool)
+            g_ignore = (g_area[gt] < lo) | (g_area[gt] > hi) | flagged[gt]
             gt = gt[torch.sort(g_ignore.to(torch.uint8), stable=True).indices]
-            g_ignore = (g_area[gt] < lo) | (g_area[gt] > hi)
+            g_ignore = (g_area[gt] < lo) | (g_area[gt] > hi) | flagged[gt]
             if det.numel() and gt.numel():
                 iou = iou_matrix(img, det, gt).detach().cpu().double()
             else:
@@ -214,6 +218,9 @@ def coco_ap(
         "per_class": {
             c: (float(precision[:n_user, :, k].mean()) if num_gt[c] > 0 else -1.0) for k, c in enumerate(classes)
         },
+        "per_class50": {
+            c: (float(precision[i50, :, k].mean()) if num_gt[c] > 0 else -1.0) for k, c in enumerate(classes)
+        },
         "precision": tp_conf / n_conf if n_conf else 0.0,
         "recall": tp_conf / total_gt if total_gt else 0.0,
         "dets_per_image": confident / len(scores) if len(scores) else 0.0,
@@ -244,6 +251,23 @@ def _labels(where: str, v: torch.Tensor, n: int) -> torch.Tensor:
     if v.is_floating_point() or v.is_complex() or v.dtype == torch.bool:
         raise ValueError(f"{where}['labels'] must be an integer tensor, got {v.dtype}")
     return v.long()
+
+
+def _ignore_flags(gts: Sequence[Mapping], g_labels: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+    """Each image's ``ignore (M,)`` bool (all False where absent); None when no image has one."""
+    if not any("ignore" in g for g in gts):
+        return None
+    out = []
+    for i, (g, lab) in enumerate(zip(gts, g_labels, strict=True)):
+        if "ignore" not in g:
+            out.append(torch.zeros(lab.shape[0], dtype=torch.bool))
+            continue
+        v = _get(g, "ignore", f"gts[{i}]")
+        _rows(f"gts[{i}]", "ignore", v, lab.shape[0])
+        if v.dtype != torch.bool:
+            raise ValueError(f"gts[{i}]['ignore'] must be a bool tensor, got {v.dtype}")
+        out.append(v)
+    return out
 
 
 def _check_lists(preds: object, gts: object) -> None:
@@ -286,7 +310,9 @@ def box_map(
 
     Args:
         preds: one dict per image: ``boxes (N, 4)`` ``xyxy``, ``scores (N,)``, ``labels (N,)`` int.
-        gts: one dict per image: ``boxes (M, 4)`` ``xyxy``, ``labels (M,)`` int (no crowd).
+        gts: one dict per image: ``boxes (M, 4)`` ``xyxy``, ``labels (M,)`` int (no crowd), optionally
+            ``ignore (M,)`` bool: ground truths that neither count in recall nor make a matching detection a
+            false positive (VOC ``difficult``; the rule of an area-ignored ground truth).
         iou_thresholds: default ``.50:.05:.95`` (``map`` averages over these).
         max_dets: detections per image and class (COCO's ``maxDets``, applied per category).
         conf: score threshold for ``precision``, ``recall`` and ``dets_per_image`` (AP uses every score).
@@ -294,10 +320,10 @@ def box_map(
 
     Returns:
         ``map`` (AP@[.5:.95]), ``map50``, ``map75``, ``per_class`` (class -> AP@[.5:.95], ``-1.0`` for a
-        class with predictions but no ground truth), ``precision`` and ``recall`` (greedy matches at IoU
-        0.5 among the evaluated detections with ``score >= conf``, over all classes; 0.0 when
-        undefined) and ``dets_per_image`` (mean number of predictions with ``score >= conf``). An AP is
-        ``-1.0`` when no class has ground truth, as in COCO.
+        class with predictions but no ground truth), ``per_class50`` (the same at IoU 0.5), ``precision``
+        and ``recall`` (greedy matches at IoU 0.5 among the evaluated detections with ``score >= conf``,
+        over all classes; 0.0 when undefined) and ``dets_per_image`` (mean number of predictions with
+        ``score >= conf``). An AP is ``-1.0`` when no class has ground truth, as in COCO.
 
     Example:
         >>> gt = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([0])}
@@ -326,7 +352,8 @@ def box_map(
     def iou(img: int, det: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         return coco_box_iou(p_boxes[img][det], g_boxes[img][gt])
 
-    return coco_ap(scores, labels, areas, g_labels, g_areas, iou, iou_thresholds, max_dets, conf, area_range)
+    ignore = _ignore_flags(gts, g_labels)
+    return coco_ap(scores, labels, areas, g_labels, g_areas, iou, iou_thresholds, max_dets, conf, area_range, ignore)
 
 
 def _polygons(d: Mapping, where: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -375,7 +402,7 @@ def polygon_map(
         preds: one dict per image: ``polygons (N, K, 2)``, optionally ``polygon_valid (N, K)`` or
             ``polygon_counts (N,)``, ``scores (N,)``, ``labels (N,)``.
         gts: one dict per image: ``polygons (M, K', 2)``, optionally ``polygon_valid`` or
-            ``polygon_counts``, ``labels (M,)``.
+            ``polygon_counts``, ``labels (M,)``, optionally ``ignore (M,)`` bool (as in :func:`box_map`).
         iou_thresholds, max_dets, conf, area_range: as in :func:`box_map`.
 
     Returns:
@@ -411,4 +438,5 @@ def polygon_map(
         out = polygon_iou(_pairs(a, g, True), _pairs(b, d, False), _pairs(av, g, True), _pairs(bv, d, False))
         return out.view(d, g)
 
-    return coco_ap(scores, labels, areas, g_labels, g_areas, iou, iou_thresholds, max_dets, conf, area_range)
+    ignore = _ignore_flags(gts, g_labels)
+    return coco_ap(scores, labels, areas, g_labels, g_areas, iou, iou_thresholds, max_dets, conf, area_range, ignore)

@@ -68,15 +68,19 @@ class TileConfig(_Strict):
 class DataConfig(_Strict):
     """Where images come from. ``shapes`` is generated on the fly from ``seed`` (no download)."""
 
-    kind: Literal["shapes", "yolo", "coco"] = "shapes"
+    kind: Literal["shapes", "yolo", "coco", "voc", "csv"] = "shapes"
     image_size: int = Field(256, ge=32)  # at least one cell on the coarsest (stride 32) level
     train_images: int = Field(2000, ge=1)
     val_images: int = Field(200, ge=1)
     max_objects: int = Field(4, ge=1)
     seed: int = Field(0, ge=0)
-    root: str | None = None  # yolo: dataset root; coco: image directory
-    train_annotations: str | None = None  # coco only
-    val_annotations: str | None = None  # coco only
+    root: str | None = None  # yolo: dataset root or a data.yaml; coco: image directory; voc: VOC root; csv: image root
+    train_annotations: str | None = None  # coco: JSON; voc: loose XML folder or .xml file; csv: the CSV
+    val_annotations: str | None = None  # as train_annotations
+    yaml: str | None = None  # yolo: an ultralytics data.yaml (class names and count from it)
+    train_split: str = "train"  # voc root: ImageSets/Main/<split>.txt; data.yaml: the key
+    val_split: str = "val"
+    names: list[str] | None = None  # voc / csv: class names in label order (fixes the ids); default: sorted found
     hflip: float = Field(0.5, ge=0, le=1)  # probability
     num_classes: int | None = Field(None, ge=1)  # inferred from the data when left out
     # train on this fraction of the training images (a seeded choice); with `semi`, the rest is unlabelled

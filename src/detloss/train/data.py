@@ -14,6 +14,9 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
 
     ``data.num_classes`` bounds the labels: a YOLO label line with a larger class is an error naming its
     file and line, and a value below the COCO categories or the shapes' classes is refused here.
+    ``voc``, ``csv`` and ``yolo`` with a data.yaml (``data.yaml``, or ``data.root`` ending in ``.yaml``) take
+    the class count and names from the data (:mod:`detloss.train.data_readers`); their training samples
+    lose the ``ignore`` (VOC ``difficult``) objects, their validation samples keep them flagged.
     """
     if cfg.kind == "shapes":
         from detloss.data.shapes import ShapesDataset
@@ -23,13 +26,21 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
         val = ShapesDataset(cfg.val_images, cfg.image_size, cfg.max_objects, k, seed=cfg.seed, split="val")
         _check_num_classes(cfg, train.num_classes, "the shapes dataset has")
         return _Cached(train), _Cached(val), cfg.num_classes or train.num_classes
-    if cfg.root is None:
-        raise ValueError(f"data.root is required for data.kind={cfg.kind!r}")
     if 0 < num_vertices < 4:
         raise ValueError(
             f"loss.num_vertices={num_vertices}: data.kind={cfg.kind!r} gives boxes 4-vertex rectangles; use 0 or >= 4"
         )
     k = num_vertices or 8
+    yaml_path = cfg.yaml or (cfg.root if cfg.kind == "yolo" and str(cfg.root).endswith((".yaml", ".yml")) else None)
+    if cfg.kind in ("voc", "csv") or yaml_path is not None:
+        from detloss.train.data_readers import build_box_datasets
+
+        train, val = build_box_datasets(cfg, k, yaml_path)
+        _check_num_classes(cfg, train.num_classes, f"the training data ({train.class_names}) has")
+        num_classes = cfg.num_classes or train.num_classes
+        return _Letterboxed(_DropIgnored(train), cfg.image_size), _Letterboxed(val, cfg.image_size), num_classes
+    if cfg.root is None:
+        raise ValueError(f"data.root is required for data.kind={cfg.kind!r}")
     if cfg.kind == "yolo":
         from detloss.data.yolo import YoloDataset
 
@@ -103,6 +114,29 @@ class _Cached:
         sample = dict(self.items[i])
         sample["image"] = sample["image"].float() / 255
         return sample
+
+
+class _DropIgnored:
+    """Training samples without their ``ignore`` objects (VOC ``difficult``): not positives, and nothing
+    marks their area, so the loss treats it as background. Evaluation keeps them as ignored ground truth."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.num_classes = getattr(dataset, "num_classes", None)
+        self.class_names = getattr(dataset, "class_names", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.dataset[i]
+        if "ignore" not in sample:
+            return sample
+        keep = ~sample["ignore"]
+        out = dict(sample)
+        for key in ("labels", "boxes", "polygons", "polygon_counts", "is_polygon", "ignore"):
+            out[key] = sample[key][keep]
+        return out
 
 
 class _Letterboxed:

@@ -19,12 +19,16 @@ def predict(task: Task, model: nn.Module, images: torch.Tensor, cfg: TrainConfig
 
 
 def ground_truth(sample: dict) -> dict:
-    return {
+    """The evaluated ground truth; ``ignore`` (VOC ``difficult``) when the reader gives it."""
+    gt = {
         "boxes": sample["boxes"],
         "labels": sample["labels"],
         "polygons": sample["polygons"],
         "polygon_counts": sample["polygon_counts"],
     }
+    if "ignore" in sample:
+        gt["ignore"] = sample["ignore"]
+    return gt
 
 
 def evaluate(
@@ -71,8 +75,10 @@ def _evaluate_tiled(task: Task, model: nn.Module, dataset, cfg: TrainConfig, num
 
 
 def _flatten(result: dict, prefix: str, names) -> dict[str, float]:
-    """Scalars as they are; per-class AP@[.5:.95] as ``{prefix}map/{class name}`` (-1: no GT)."""
+    """Scalars as they are; per-class AP@[.5:.95] as ``{prefix}map/{class name}`` and AP50 as
+    ``{prefix}map50/{class name}`` (-1: no GT)."""
     out = {f"{prefix}{k}": float(v) for k, v in result.items() if not isinstance(v, dict)}
-    for c, ap in sorted(result.get("per_class", {}).items()):
-        out[f"{prefix}map/{names[c] if c < len(names) else c}"] = float(ap)
+    for key, table in (("map", "per_class"), ("map50", "per_class50")):
+        for c, ap in sorted(result.get(table, {}).items()):
+            out[f"{prefix}{key}/{names[c] if c < len(names) else c}"] = float(ap)
     return out

@@ -129,7 +129,8 @@ def plot_run(run: Path, trainer) -> None:
     samples = [trainer.val_set[i] for i in range(min(8, len(trainer.val_set)))]
     images, _ = collate(samples)
     preds = predict(trainer.task, model, images.to(trainer.dist.device), trainer.cfg)
-    plot_predictions(run, images, [{k: v.cpu() for k, v in p.items()} for p in preds], trainer.cfg.eval.conf)
+    names = getattr(trainer.val_set, "class_names", None)
+    plot_predictions(run, images, [{k: v.cpu() for k, v in p.items()} for p in preds], trainer.cfg.eval.conf, names)
 
 
 def compare_runs(run_a: Path, run_b: Path, out: Path) -> tuple[Path, str]:
