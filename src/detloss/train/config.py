@@ -85,7 +85,7 @@ class DataConfig(_Strict):
     num_classes: int | None = Field(None, ge=1)  # inferred from the data when left out
     # train on this fraction of the training images (a seeded choice); with `semi`, the rest is unlabelled
     labelled_fraction: float = Field(1.0, gt=0, le=1)
-    tile: TileConfig | None = None  # yolo / coco: tiles of data.image_size px instead of letterboxing
+    tile: TileConfig | None = None  # files, not shapes: tiles of data.image_size px instead of letterboxing
 
     @model_validator(mode="after")
     def _tile_fits(self):
@@ -328,7 +328,7 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _tiled_needs_tiles(self):
         if self.eval.tiled and (self.data.tile is None or self.data.kind == "shapes"):
-            raise ValueError("eval.tiled needs data.tile and data.kind 'yolo' or 'coco' (the tiles' size and overlap)")
+            raise ValueError("eval.tiled needs data.tile and a data.kind that reads files (the tiles' size and overlap)")
         return self
 
 

@@ -37,8 +37,7 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
 
         train, val = build_box_datasets(cfg, k, yaml_path)
         _check_num_classes(cfg, train.num_classes, f"the training data ({train.class_names}) has")
-        num_classes = cfg.num_classes or train.num_classes
-        return _Letterboxed(_DropIgnored(train), cfg.image_size), _Letterboxed(val, cfg.image_size), num_classes
+        return (*_sized(cfg, _DropIgnored(train), val), cfg.num_classes or train.num_classes)
     if cfg.root is None:
         raise ValueError(f"data.root is required for data.kind={cfg.kind!r}")
     if cfg.kind == "yolo":
@@ -57,11 +56,17 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
     num_classes = cfg.num_classes or getattr(train, "num_classes", None)
     if num_classes is None:
         raise ValueError("set data.num_classes: it cannot be inferred from this dataset")
-    if cfg.tile is not None:  # large images: tiles at full resolution instead of a letterbox
-        t = cfg.tile
-        train = TiledDataset(train, cfg.image_size, t.overlap, t.min_visible, mode=t.train, seed=cfg.seed)
-        return train, TiledDataset(val, cfg.image_size, t.overlap, t.min_visible, mode="grid"), num_classes
-    return _Letterboxed(train, cfg.image_size), _Letterboxed(val, cfg.image_size), num_classes
+    return (*_sized(cfg, train, val), num_classes)
+
+
+def _sized(cfg: DataConfig, train, val) -> tuple:
+    """``(train, val)`` at ``data.image_size``: full-resolution tiles with ``data.tile`` (large images),
+    else letterboxed."""
+    if cfg.tile is None:
+        return _Letterboxed(train, cfg.image_size), _Letterboxed(val, cfg.image_size)
+    t = cfg.tile
+    train = TiledDataset(train, cfg.image_size, t.overlap, t.min_visible, mode=t.train, seed=cfg.seed)
+    return train, TiledDataset(val, cfg.image_size, t.overlap, t.min_visible, mode="grid")
 
 
 def _check_num_classes(cfg: DataConfig, found: int, source: str) -> None:
