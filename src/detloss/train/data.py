@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from detloss.data.augment import Augment
 from detloss.data.transforms import hflip, letterbox
 from detloss.train.config import DataConfig
 
@@ -45,7 +46,17 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
     num_classes = cfg.num_classes or getattr(train, "num_classes", None)
     if num_classes is None:
         raise ValueError("set data.num_classes: it cannot be inferred from this dataset")
+    if cfg.cache is not None:  # decode each image once (data.cache: ram or a .npy folder)
+        from detloss.data.cache import ImageCache, cache_images
+
+        cache = ImageCache(cfg.cache, cfg.cache_dir)
+        train, val = cache_images(train, cache), cache_images(val, cache)
     return _Letterboxed(train, cfg.image_size), _Letterboxed(val, cfg.image_size), num_classes
+
+
+def build_augment(cfg: DataConfig) -> Augment:
+    """The augmentations after the horizontal flip: ``data.vflip``, ``rot90``, ``scale_jitter``, ``hsv``."""
+    return Augment(cfg.vflip, cfg.rot90, cfg.scale_jitter, tuple(cfg.hsv), cfg.crop_min_visible)
 
 
 def _check_num_classes(cfg: DataConfig, found: int, source: str) -> None:
@@ -112,12 +123,14 @@ class _Letterboxed:
         return letterbox(self.dataset[i], self.size)
 
 
-def load_sample(dataset, index: int, epoch: int, seed: int, hflip_p: float) -> dict:
-    """``dataset[index]``, flipped with probability ``hflip_p`` by a draw seeded from (seed, epoch, index):
-    identical on every rank and after a resume."""
+def load_sample(dataset, index: int, epoch: int, seed: int, hflip_p: float, augment: Augment | None = None) -> dict:
+    """``dataset[index]``, flipped with probability ``hflip_p`` by a draw seeded from (seed, epoch, index),
+    then ``augment`` from the same generator: identical on every rank, in any worker and after a resume."""
     sample = dataset[index]
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
     if hflip_p > 0:
-        g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
         if torch.rand((), generator=g).item() < hflip_p:
             sample = hflip(sample)
+    if augment is not None and augment.enabled:
+        sample = augment(sample, g)
     return sample
