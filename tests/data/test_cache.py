@@ -48,7 +48,8 @@ def test_cached_reader_decodes_once_and_equals_the_reader(tmp_path, kind):
     for _ in range(3):
         for i in range(len(reader)):
             a, b = reader[i], cached[i]
-            assert torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"]) and a["path"] == b["path"]
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"])
+            assert a["path"] == b["path"]
     assert loader.calls == 2 and (cache.misses, cache.hits) == (2, 4)
     if kind == "disk":
         files = sorted((tmp_path / "cache").iterdir())

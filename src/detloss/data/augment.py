@@ -133,7 +133,8 @@ def scale_crop(
 
     b = sample["boxes"].double()
     moved = torch.stack((b[:, 0] * sx - left, b[:, 1] * sy - top, b[:, 2] * sx - left, b[:, 3] * sy - top), -1)
-    clipped = torch.stack((moved[:, 0].clamp(0, w), moved[:, 1].clamp(0, h), moved[:, 2].clamp(0, w), moved[:, 3].clamp(0, h)), -1)
+    limit = torch.tensor([w, h, w, h], dtype=torch.float64)
+    clipped = torch.minimum(moved.clamp(min=0), limit)
     area = (moved[:, 2:] - moved[:, :2]).prod(-1)
     wh = clipped[:, 2:] - clipped[:, :2]
     keep = (wh > 0).all(-1) & (wh.prod(-1) >= min_visible * area)
@@ -148,7 +149,7 @@ def scale_crop(
             if not keep[i]:
                 continue
             c = int(counts[i])
-            p = poly[i, :c].double() * torch.tensor([sx, sy], dtype=torch.float64) - torch.tensor([left, top], dtype=torch.float64)
+            p = poly[i, :c].double() * torch.tensor([sx, sy], dtype=torch.float64) - torch.tensor([left, top])
             pts = clip_polygon(p, 0.0, 0.0, float(w), float(h))
             if len(pts) > kk:
                 pts = fit_polygon(pts, kk)

@@ -168,8 +168,9 @@ class Trainer:
                 )
             loaded = self.loader(epoch, [ids.tolist() for ids in plan])
         else:
+            hflip = self.cfg.data.hflip
             loaded = (
-                collate([load_sample(self.train_set, int(j), epoch, self.cfg.seed, self.cfg.data.hflip, self.augment) for j in ids])
+                collate([load_sample(self.train_set, int(j), epoch, self.cfg.seed, hflip, self.augment) for j in ids])
                 for ids in plan
             )
         for ids, (images, targets) in zip(plan, loaded, strict=True):
