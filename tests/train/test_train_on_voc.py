@@ -133,3 +133,17 @@ def test_csv_and_data_yaml_kinds(tmp_path):
     for data in ([f"data.root={d / 'data.yaml'}"], [f"data.root={d}", f"data.yaml={d / 'data.yaml'}"]):
         train, val, num_classes = build_datasets(_config(tmp_path, "data.kind=yolo", *data).data, 4)
         assert num_classes == 3 and val.class_names == ["a", "b", "c"] and val[0]["labels"].tolist() == [2]
+
+
+def test_voc_images_decode_once_through_the_cache_and_tiles(tmp_path):
+    """data.cache applies to the VOC reader (decoding goes through its load_image) and, with data.tile,
+    the tiles are cut from the cached images: the same samples as without the cache."""
+    _write_voc(tmp_path / "VOC")
+    base = ["data.kind=voc", f"data.root={tmp_path / 'VOC'}", "data.tile={overlap: 16}"]
+    plain, _, _ = build_datasets(_config(tmp_path, *base).data, 4)
+    cached, _, _ = build_datasets(_config(tmp_path, *base, "data.cache=disk", f"data.cache_dir={tmp_path / 'c'}").data, 4)
+    assert len(cached) == len(plain) > 0
+    for i in range(len(plain)):
+        a, b = plain.get(i, 0), cached.get(i, 0)
+        assert a["image"].equal(b["image"]) and a["boxes"].equal(b["boxes"]) and a["labels"].equal(b["labels"])
+    assert len(list((tmp_path / "c").glob("*.npy"))) == len(TRAIN) + len(VAL)  # every image decoded once

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from detloss.data.boxes import box_sample, box_targets, class_ids
+from detloss.data.yolo import load_image
 
 __all__ = ["BoxCsvDataset", "COLUMNS"]
 
@@ -43,6 +44,8 @@ class BoxCsvDataset(torch.utils.data.Dataset):
     ``dataset[i]`` is a dict like :class:`detloss.data.voc.VocDataset`'s (``ignore`` all False).
     Attributes: ``class_names``, ``num_classes``, ``image_paths``.
     """
+
+    load_image = staticmethod(load_image)  # the decoder; detloss.data.cache swaps in a cached one
 
     def __init__(
         self,
@@ -85,7 +88,7 @@ class BoxCsvDataset(torch.utils.data.Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return box_sample(self.image_paths[index], self.targets[index], str(self.csv_path))
+        return box_sample(self.image_paths[index], self.targets[index], str(self.csv_path), self.load_image)
 
 
 def _read_rows(path: Path) -> dict[str, list[tuple[int, list[float], str | None]]]:

@@ -43,10 +43,10 @@ def box_targets(
     }
 
 
-def box_sample(image_path: Path, targets: dict[str, Tensor], source: str) -> dict[str, Any]:
-    """Load ``image_path`` and return the sample; a box reaching past the image (``x2 > W`` or ``y2 > H``)
-    is a ``ValueError`` naming ``source`` (the annotation file) and the object index."""
-    image = load_image(image_path)
+def box_sample(image_path: Path, targets: dict[str, Tensor], source: str, decode=load_image) -> dict[str, Any]:
+    """Load ``image_path`` with ``decode`` and return the sample; a box reaching past the image (``x2 > W`` or
+    ``y2 > H``) is a ``ValueError`` naming ``source`` (the annotation file) and the object index."""
+    image = decode(image_path)
     h, w = image.shape[-2:]
     b = targets["boxes"]
     bad = ((b[:, 2] > w) | (b[:, 3] > h)).nonzero().flatten().tolist()

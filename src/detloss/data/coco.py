@@ -228,6 +228,9 @@ class CocoDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.category_ids)
 
+    #: the decoder (``path -> (3, H, W)``); :func:`detloss.data.cache.cache_images` swaps in a cache
+    load_image = staticmethod(load_image)
+
     def __len__(self) -> int:
         return len(self.image_ids)
 
@@ -235,7 +238,7 @@ class CocoDataset(torch.utils.data.Dataset):
         iid = self.image_ids[index]
         info = self.images[iid]
         path = self.image_dir / info["file_name"]
-        image = load_image(path)
+        image = self.load_image(path)
         if tuple(image.shape[-2:]) != (info["height"], info["width"]):
             raise ValueError(
                 f"{path}: image is {image.shape[-2]}x{image.shape[-1]} (HxW) but {self.annotation_json} says "

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from detloss.data.boxes import box_sample, box_targets, class_ids
+from detloss.data.yolo import load_image
 
 __all__ = ["VocDataset", "parse_voc_xml"]
 
@@ -114,6 +115,8 @@ class VocDataset(torch.utils.data.Dataset):
     ``num_classes``, ``xml_paths``, ``image_paths``.
     """
 
+    load_image = staticmethod(load_image)  # the decoder; detloss.data.cache swaps in a cached one
+
     def __init__(
         self,
         source: str | Path,
@@ -157,7 +160,7 @@ class VocDataset(torch.utils.data.Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return box_sample(self.image_paths[index], self.targets[index], str(self.xml_paths[index]))
+        return box_sample(self.image_paths[index], self.targets[index], str(self.xml_paths[index]), self.load_image)
 
 
 def _standard_layout(root: Path, split: str) -> tuple[list[Path], list[Path]]:

@@ -327,12 +327,15 @@ class YoloDataset(torch.utils.data.Dataset):
             else:
                 self.targets.append(_empty_targets(self.num_vertices))
 
+    #: the decoder (``path -> (3, H, W)``); :func:`detloss.data.cache.cache_images` swaps in a cache
+    load_image = staticmethod(load_image)
+
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.image_paths[index]
-        image = load_image(path)
+        image = self.load_image(path)
         h, w = image.shape[-2:]
         t = self.targets[index]
         scale = torch.tensor([w, h], dtype=torch.float32)

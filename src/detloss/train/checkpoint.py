@@ -22,6 +22,8 @@ REQUIRED_KEYS = ("step", "model", "optimizer", "criterion", "config")
 #: where files go, the device and threads, logging, evaluation, and how long to train. ``epochs`` and
 #: ``max_steps`` set the total steps, so a longer run also stretches the rest of the cosine schedule.
 RESUMABLE_FIELDS = ("out_dir", "device", "threads", "log_every", "eval", "epochs", "max_steps")
+#: How batches are loaded (the same samples either way), also resumable.
+RESUMABLE_FIELDS += ("data.workers", "data.cache", "data.cache_dir")
 
 
 class CheckpointError(ValueError):

@@ -24,6 +24,7 @@ Normalizers = Annotated[dict[str, str], AfterValidator(_check_normalizers)]
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 LogVariance = Annotated[float, Field(ge=-20, le=20)]
+UnitGain = Annotated[float, Field(ge=0, le=1)]
 
 
 def _polygon_slots(k: int) -> int:
@@ -86,11 +87,22 @@ class DataConfig(_Strict):
     # train on this fraction of the training images (a seeded choice); with `semi`, the rest is unlabelled
     labelled_fraction: float = Field(1.0, gt=0, le=1)
     tile: TileConfig | None = None  # files, not shapes: tiles of data.image_size px instead of letterboxing
+    # the fast pipeline (detloss.data.augment, detloss.data.cache); the defaults change nothing
+    workers: int = Field(0, ge=0)  # DataLoader worker processes for training batches (0: in the main process)
+    cache: Literal["ram", "disk"] | None = None  # decoded-image cache of the images read from files
+    cache_dir: str | None = None  # the .npy folder of cache: disk
+    vflip: float = Field(0.0, ge=0, le=1)  # probability
+    rot90: float = Field(0.0, ge=0, le=1)  # probability of 1, 2 or 3 quarter turns (square images)
+    scale_jitter: float = Field(0.0, ge=0, lt=1)  # scale uniform in [1 - a, 1 + a], then a random crop
+    crop_min_visible: float = Field(0.25, ge=0, le=1)  # objects with less visible box area are dropped
+    hsv: tuple[UnitGain, UnitGain, UnitGain] = (0.0, 0.0, 0.0)  # hue, saturation, value gains
 
     @model_validator(mode="after")
-    def _tile_fits(self):
+    def _tile_and_cache(self):
         if self.tile is not None and self.tile.overlap >= self.image_size:
             raise ValueError(f"data.tile.overlap ({self.tile.overlap}) must be < data.image_size ({self.image_size})")
+        if self.cache == "disk" and not self.cache_dir:
+            raise ValueError("data.cache_dir is required for data.cache='disk'")
         return self
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from detloss.data.augment import Augment
 from detloss.data.tiling import TiledDataset
 from detloss.data.transforms import hflip, letterbox
 from detloss.train.config import DataConfig
@@ -37,7 +38,7 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
 
         train, val = build_box_datasets(cfg, k, yaml_path)
         _check_num_classes(cfg, train.num_classes, f"the training data ({train.class_names}) has")
-        return (*_sized(cfg, _DropIgnored(train), val), cfg.num_classes or train.num_classes)
+        return (*_sized(cfg, train, val, drop_ignored=True), cfg.num_classes or train.num_classes)
     if cfg.root is None:
         raise ValueError(f"data.root is required for data.kind={cfg.kind!r}")
     if cfg.kind == "yolo":
@@ -59,14 +60,27 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
     return (*_sized(cfg, train, val), num_classes)
 
 
-def _sized(cfg: DataConfig, train, val) -> tuple:
-    """``(train, val)`` at ``data.image_size``: full-resolution tiles with ``data.tile`` (large images),
-    else letterboxed."""
+def _sized(cfg: DataConfig, train, val, drop_ignored: bool = False) -> tuple:
+    """``(train, val)`` at ``data.image_size``, decoded through ``data.cache`` when set, the training samples
+    without their ``ignore`` objects when ``drop_ignored``: full-resolution tiles with ``data.tile`` (large
+    images), else letterboxed."""
+    if cfg.cache is not None:  # decode each image once (data.cache: ram or a .npy folder)
+        from detloss.data.cache import ImageCache, cache_images
+
+        cache = ImageCache(cfg.cache, cfg.cache_dir)
+        train, val = cache_images(train, cache), cache_images(val, cache)
+    if drop_ignored:
+        train = _DropIgnored(train)
     if cfg.tile is None:
         return _Letterboxed(train, cfg.image_size), _Letterboxed(val, cfg.image_size)
     t = cfg.tile
     train = TiledDataset(train, cfg.image_size, t.overlap, t.min_visible, mode=t.train, seed=cfg.seed)
     return train, TiledDataset(val, cfg.image_size, t.overlap, t.min_visible, mode="grid")
+
+
+def build_augment(cfg: DataConfig) -> Augment:
+    """The augmentations after the horizontal flip: ``data.vflip``, ``rot90``, ``scale_jitter``, ``hsv``."""
+    return Augment(cfg.vflip, cfg.rot90, cfg.scale_jitter, tuple(cfg.hsv), cfg.crop_min_visible)
 
 
 def _check_num_classes(cfg: DataConfig, found: int, source: str) -> None:
@@ -156,12 +170,15 @@ class _Letterboxed:
         return letterbox(self.dataset[i], self.size)
 
 
-def load_sample(dataset, index: int, epoch: int, seed: int, hflip_p: float) -> dict:
-    """``dataset[index]``, flipped with probability ``hflip_p`` by a draw seeded from (seed, epoch, index):
-    identical on every rank and after a resume. Random tiles are drawn for ``epoch`` too."""
+def load_sample(dataset, index: int, epoch: int, seed: int, hflip_p: float, augment: Augment | None = None) -> dict:
+    """``dataset[index]`` (for tiles: the tile drawn for ``epoch``), flipped with probability ``hflip_p`` by a
+    draw seeded from (seed, epoch, index), then ``augment`` from the same generator: identical on every rank,
+    in any worker and after a resume."""
     sample = dataset.get(index, epoch) if isinstance(dataset, TiledDataset) else dataset[index]
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
     if hflip_p > 0:
-        g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
         if torch.rand((), generator=g).item() < hflip_p:
             sample = hflip(sample)
+    if augment is not None and augment.enabled:
+        sample = augment(sample, g)
     return sample

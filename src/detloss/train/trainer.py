@@ -21,8 +21,9 @@ from detloss.core.distributed import check_divisible
 from detloss.core.report import LossReport
 from detloss.train.checkpoint import load_part, read_resume, save_checkpoint
 from detloss.train.config import OptimConfig, TrainConfig, save_config
-from detloss.train.data import Subset, build_datasets, load_sample, split_labelled
+from detloss.train.data import Subset, build_augment, build_datasets, load_sample, split_labelled
 from detloss.train.distributed import DistContext, setup
+from detloss.train.loader import BatchLoader
 from detloss.models.ema import ModelEMA
 from detloss.train.evaluation import evaluate
 from detloss.train.logs import CsvLog, Progress, TensorBoard, drop_rows_after
@@ -95,6 +96,8 @@ class Trainer:
         check_divisible("batch_size", config.batch_size, self.dist.world_size)
         torch.manual_seed(config.seed)
         self.train_set, self.val_set, self.num_classes = build_datasets(config.data, config.loss.num_vertices)
+        self.augment = build_augment(config.data)  # after data.hflip, per (seed, epoch, index)
+        self.loader: BatchLoader | None = None  # data.workers > 0: built at the first epoch
         self.unlabelled_set: Subset | None = None  # the training images left out by data.labelled_fraction
         if config.data.labelled_fraction < 1:
             labelled, unlabelled = split_labelled(len(self.train_set), config.data.labelled_fraction, config.seed)
@@ -153,10 +156,24 @@ class Trainer:
         ``image_ids (B,)``, the dataset indices (the two-stage samplers key on them)."""
         order, b, k = self._order(epoch), self.cfg.batch_size, self.dist.world_size
         per_rank = b // k
-        for i in range(start, self.steps_per_epoch):
-            ids = order[i * b : (i + 1) * b][self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
-            samples = [load_sample(self.train_set, int(j), epoch, self.cfg.seed, self.cfg.data.hflip) for j in ids]
-            images, targets = collate(samples)
+        plan = [
+            order[i * b : (i + 1) * b][self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
+            for i in range(start, self.steps_per_epoch)
+        ]
+        if self.cfg.data.workers:  # the same batches, loaded by worker processes
+            if self.loader is None:
+                self.loader = BatchLoader(
+                    self.train_set, self.cfg.seed, self.cfg.data.hflip, self.augment, self.cfg.data.workers,
+                    pin_memory=self.dist.device.type == "cuda",
+                )
+            loaded = self.loader(epoch, [ids.tolist() for ids in plan])
+        else:
+            hflip = self.cfg.data.hflip
+            loaded = (
+                collate([load_sample(self.train_set, int(j), epoch, self.cfg.seed, hflip, self.augment) for j in ids])
+                for ids in plan
+            )
+        for ids, (images, targets) in zip(plan, loaded, strict=True):
             targets["image_ids"] = ids.clone()
             yield (
                 images.to(self.dist.device),
