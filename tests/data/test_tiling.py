@@ -141,6 +141,35 @@ def test_grid_dataset_lists_every_tile():
     assert [ds[i]["tile"] for i in range(len(ds))] == [(0, 0), (48, 0), (56, 0), (0, 36), (48, 36), (56, 36), (0, 0)]
 
 
+class _Counting(list):
+    """A dataset that counts how often each image is loaded."""
+
+    def __init__(self, samples):
+        super().__init__(samples)
+        self.loads = [0] * len(samples)
+
+    def __getitem__(self, i):
+        self.loads[i] += 1
+        return super().__getitem__(i)
+
+
+def test_tiles_of_one_image_load_it_once_and_are_their_own_tensors():
+    base = _Counting([_sample(), _sample(h=50, w=60)])
+    ds = TiledDataset(base, size=64, overlap=16, mode="grid", keep_images=1)
+    assert base.loads == [1, 1]  # image sizes, read once at construction
+    first = ds[0]
+    tiles = [ds[i] for i in range(len(ds))]  # image 0's six tiles, then image 1's
+    assert base.loads == [2, 2]
+    first["image"].mul_(0)  # an in-place augmentation of one tile leaves the kept image alone
+    torch.testing.assert_close(ds[1]["image"], tiles[1]["image"])
+    torch.testing.assert_close(ds[0]["image"], _sample()["image"][:, :64, :64])
+    assert base.loads == [3, 2]  # image 1 was the one kept
+    uncached = _Counting([_sample()])
+    plain = TiledDataset(uncached, size=64, overlap=16, keep_images=0)
+    _ = [plain[i] for i in range(len(plain))]
+    assert uncached.loads == [1 + 6]
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="min_visible"):
         crop_tile(_sample(), 0, 0, 64, min_visible=0)
@@ -148,3 +177,5 @@ def test_bad_arguments():
         crop_tile(_sample(), 60, 0, 64)
     with pytest.raises(ValueError, match="mode"):
         TiledDataset([_sample()], 64, mode="diagonal")
+    with pytest.raises(ValueError, match="keep_images"):
+        TiledDataset([_sample()], 64, keep_images=-1)

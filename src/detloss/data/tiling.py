@@ -24,6 +24,8 @@ Coordinates are then shifted to the tile: ``x -> x - x0``, ``y -> y - y0``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,7 +70,8 @@ def crop_tile(
     h, w = image.shape[-2:]
     if not (x0 >= 0 and y0 >= 0 and (x0 + size <= w or x0 == 0) and (y0 + size <= h or y0 == 0)):
         raise ValueError(f"tile ({x0}, {y0}) of size {size} is not inside the {h}x{w} image (or at 0 on a short axis)")
-    tile = image[:, y0 : y0 + size, x0 : x0 + size]
+    # a copy: augmentations may work in place, and the full image serves the next tiles
+    tile = image[:, y0 : y0 + size, x0 : x0 + size].clone()
     if tile.shape[-2:] != (size, size):
         tile = F.pad(tile, (0, size - tile.shape[-1], 0, size - tile.shape[-2]), value=fill)
     out = dict(sample)
@@ -116,7 +119,8 @@ class TiledDataset(torch.utils.data.Dataset):
     ``mode="random"``: as many tiles per image as its grid has, each a random window drawn from
     ``tile_seed(seed, epoch, index)``: the same on every rank and after a resume, new each epoch
     (:meth:`get`; ``dataset[i]`` is epoch 0). Image sizes are read once here (one load per image);
-    ``dataset`` keeps the full images (tiled inference evaluates on them).
+    ``dataset`` keeps the full images (tiled inference evaluates on them). The last ``keep_images`` full
+    samples stay in memory, so consecutive tiles of one image load it once (each tile is its own copy).
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class TiledDataset(torch.utils.data.Dataset):
         min_visible: float = 0.5,
         mode: str = "grid",
         seed: int = 0,
+        keep_images: int = 4,
     ) -> None:
         check_tiling(size, overlap)
         if mode not in ("grid", "random"):
@@ -137,6 +142,12 @@ class TiledDataset(torch.utils.data.Dataset):
         self.mode, self.seed = mode, seed
         self.num_classes = getattr(dataset, "num_classes", None)
         self.class_names = getattr(dataset, "class_names", None)
+        if keep_images < 0:
+            raise ValueError(f"keep_images must be >= 0, got {keep_images}")
+        # the last few full samples: the tiles of one image are cut without loading it again (a large
+        # image is tens of MB to decode or unpack; its tile a fraction of a millisecond to crop)
+        self.keep_images = keep_images
+        self._recent: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self.image_hw = [tuple(dataset[i]["image"].shape[-2:]) for i in range(len(dataset))]
         self.index: list[tuple[int, tuple[int, int]]] = [
             (i, xy) for i, (h, w) in enumerate(self.image_hw) for xy in grid_windows(h, w, size, overlap)
@@ -152,7 +163,18 @@ class TiledDataset(torch.utils.data.Dataset):
             h, w = self.image_hw[image]
             g = torch.Generator().manual_seed(tile_seed(self.seed, epoch, index))
             x0, y0 = random_window(h, w, self.size, g)
-        return crop_tile(self.dataset[image], x0, y0, self.size, self.min_visible)
+        return crop_tile(self._sample(image), x0, y0, self.size, self.min_visible)
+
+    def _sample(self, image: int) -> dict[str, Any]:
+        if image in self._recent:
+            self._recent.move_to_end(image)
+            return self._recent[image]
+        sample = self.dataset[image]
+        if self.keep_images:
+            self._recent[image] = sample
+            while len(self._recent) > self.keep_images:
+                self._recent.popitem(last=False)
+        return sample
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.get(index)
