@@ -20,19 +20,15 @@ import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from detloss.data.boxes import box_sample, box_targets, class_ids
-from detloss.data.yolo import load_image
+from detloss.data.boxes import BoxFileDataset
 
 __all__ = ["BoxCsvDataset", "COLUMNS"]
 
 COLUMNS = ("image_path", "xmin", "ymin", "xmax", "ymax", "label")
 
 
-class BoxCsvDataset(torch.utils.data.Dataset):
+class BoxCsvDataset(BoxFileDataset):
     """A box CSV as a dataset of samples in pixel coordinates (rules in the module docstring).
 
     Args:
@@ -45,8 +41,6 @@ class BoxCsvDataset(torch.utils.data.Dataset):
     Attributes: ``class_names``, ``num_classes``, ``image_paths``.
     """
 
-    load_image = staticmethod(load_image)  # the decoder; detloss.data.cache swaps in a cached one
-
     def __init__(
         self,
         csv_path: str | Path,
@@ -54,15 +48,11 @@ class BoxCsvDataset(torch.utils.data.Dataset):
         class_names: Sequence[str] | None = None,
         num_vertices: int = 8,
     ) -> None:
-        if num_vertices < 4:
-            raise ValueError(f"num_vertices must be >= 4 (a box becomes a rectangle), got {num_vertices}")
+        super().__init__(num_vertices)
         self.csv_path = Path(csv_path)
-        self.num_vertices = int(num_vertices)
         root = Path(image_root) if image_root is not None else self.csv_path.parent
         rows = _read_rows(self.csv_path)  # image -> [(line, box, label)]
-        self.class_names = class_ids([r[2] for objs in rows.values() for r in objs if r[2] is not None], class_names)
-        self.num_classes = len(self.class_names)
-        index = {n: i for i, n in enumerate(self.class_names)}
+        index = self._set_classes([r[2] for objs in rows.values() for r in objs if r[2] is not None], class_names)
         unknown = sorted(  # reported in file order; empty-image rows have no label
             (line, label)
             for objs in rows.values()
@@ -72,23 +62,12 @@ class BoxCsvDataset(torch.utils.data.Dataset):
         if unknown:
             line, label = unknown[0]
             raise ValueError(f"{self.csv_path}, line {line}: label {label!r} is not in class_names {self.class_names}")
-        self.image_paths: list[Path] = []
-        self.targets = []
         for image, objs in rows.items():
             path = Path(image) if Path(image).is_absolute() else root / image
             if not path.is_file():
                 raise ValueError(f"{self.csv_path}, line {objs[0][0]}: image_path {image!r}: {path} not found")
             objs = [o for o in objs if o[2] is not None]
-            self.image_paths.append(path)
-            self.targets.append(
-                box_targets([o[1] for o in objs], [index[o[2]] for o in objs], [False] * len(objs), self.num_vertices)
-            )
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return box_sample(self.image_paths[index], self.targets[index], str(self.csv_path), self.load_image)
+            self._add(path, [o[1] for o in objs], [index[o[2]] for o in objs], [False] * len(objs), self.csv_path)
 
 
 def _read_rows(path: Path) -> dict[str, list[tuple[int, list[float], str | None]]]:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from detloss.data.yolo import load_image
 
-__all__ = ["box_targets", "box_sample", "class_ids"]
+__all__ = ["BoxFileDataset", "box_targets", "box_sample", "class_ids"]
 
 
 def box_targets(
@@ -73,3 +73,38 @@ def class_ids(found: Sequence[str], class_names: Sequence[str] | None) -> list[s
     if not names:
         raise ValueError("class_names must name at least one class")
     return names
+
+
+class BoxFileDataset(torch.utils.data.Dataset):
+    """What the box readers share: ``image_paths``, per-item ``targets`` (:func:`box_targets`) and the
+    annotation file each item's errors name; ``dataset[i]`` is :func:`box_sample` decoded by ``load_image``.
+
+    Subclasses set the classes with :meth:`_set_classes` and fill the three lists with :meth:`_add`.
+    """
+
+    load_image = staticmethod(load_image)  # the decoder; detloss.data.cache swaps in a cached one
+
+    def __init__(self, num_vertices: int) -> None:
+        if num_vertices < 4:
+            raise ValueError(f"num_vertices must be >= 4 (a box becomes a rectangle), got {num_vertices}")
+        self.num_vertices = int(num_vertices)
+        self.image_paths: list[Path] = []
+        self.targets: list[dict[str, Tensor]] = []
+        self._sources: list[str] = []
+
+    def _set_classes(self, found: Sequence[str], class_names: Sequence[str] | None) -> dict[str, int]:
+        """Set ``class_names`` and ``num_classes`` (:func:`class_ids`); return name -> id."""
+        self.class_names = class_ids(found, class_names)
+        self.num_classes = len(self.class_names)
+        return {n: i for i, n in enumerate(self.class_names)}
+
+    def _add(self, image: Path, boxes, labels: Sequence[int], ignore: Sequence[bool], source: Path) -> None:
+        self.image_paths.append(image)
+        self.targets.append(box_targets(boxes, labels, ignore, self.num_vertices))
+        self._sources.append(str(source))
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return box_sample(self.image_paths[index], self.targets[index], self._sources[index], self.load_image)

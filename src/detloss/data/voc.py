@@ -34,11 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
 
-from detloss.data.boxes import box_sample, box_targets, class_ids
-from detloss.data.yolo import load_image
+from detloss.data.boxes import BoxFileDataset
 
 __all__ = ["VocDataset", "parse_voc_xml"]
 
@@ -100,7 +97,7 @@ def parse_voc_xml(path: str | Path) -> dict[str, Any]:
     return {"filename": filename, "names": names, "boxes": boxes, "difficult": difficult}
 
 
-class VocDataset(torch.utils.data.Dataset):
+class VocDataset(BoxFileDataset):
     """Pascal VOC annotations as a dataset of samples in pixel coordinates (rules in the module docstring).
 
     Args:
@@ -115,8 +112,6 @@ class VocDataset(torch.utils.data.Dataset):
     ``num_classes``, ``xml_paths``, ``image_paths``.
     """
 
-    load_image = staticmethod(load_image)  # the decoder; detloss.data.cache swaps in a cached one
-
     def __init__(
         self,
         source: str | Path,
@@ -124,9 +119,7 @@ class VocDataset(torch.utils.data.Dataset):
         class_names: Sequence[str] | None = None,
         num_vertices: int = 8,
     ) -> None:
-        if num_vertices < 4:
-            raise ValueError(f"num_vertices must be >= 4 (a box becomes a rectangle), got {num_vertices}")
-        self.num_vertices = int(num_vertices)
+        super().__init__(num_vertices)
         source = Path(source)
         if (source / "Annotations").is_dir():
             self.xml_paths, image_dirs = _standard_layout(source, split)
@@ -140,11 +133,7 @@ class VocDataset(torch.utils.data.Dataset):
         else:
             raise ValueError(f"{source}: not a VOC root (with Annotations/), a folder of .xml files or an .xml file")
         parsed = [parse_voc_xml(p) for p in self.xml_paths]
-        self.class_names = class_ids([n for p in parsed for n in p["names"]], class_names)
-        self.num_classes = len(self.class_names)
-        index = {n: i for i, n in enumerate(self.class_names)}
-        self.image_paths: list[Path] = []
-        self.targets: list[dict[str, Tensor]] = []
+        index = self._set_classes([n for p in parsed for n in p["names"]], class_names)
         for xml, folder, p in zip(self.xml_paths, image_dirs, parsed, strict=True):
             image = folder / p["filename"]
             if not image.is_file():
@@ -152,15 +141,7 @@ class VocDataset(torch.utils.data.Dataset):
             for i, name in enumerate(p["names"]):
                 if name not in index:
                     raise ValueError(f"{xml}: <object> {i}: <name> {name!r} is not in class_names {self.class_names}")
-            labels = [index[n] for n in p["names"]]
-            self.image_paths.append(image)
-            self.targets.append(box_targets(p["boxes"], labels, p["difficult"], self.num_vertices))
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return box_sample(self.image_paths[index], self.targets[index], str(self.xml_paths[index]), self.load_image)
+            self._add(image, p["boxes"], [index[n] for n in p["names"]], p["difficult"], xml)
 
 
 def _standard_layout(root: Path, split: str) -> tuple[list[Path], list[Path]]:
