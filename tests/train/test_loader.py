@@ -3,15 +3,13 @@ any start batch; a cached YOLO folder trains to the same weights; config ranges 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-
-from detloss.data.shapes import ShapesDataset
 
 from detloss.testing.tiny import TINY_RUN
 from detloss.train.config import load_config
 from detloss.train.trainer import Trainer
+from yolo_folder import write_yolo_split
 
 AUG = ["data.vflip=0.5", "data.rot90=0.5", "data.scale_jitter=0.3", "data.hsv=[0.02,0.5,0.3]"]
 
@@ -27,21 +25,6 @@ def _equal(a: list, b: list) -> None:
         assert ta.keys() == tb.keys()
         for key in ta:
             assert torch.equal(ta[key], tb[key]), key
-
-
-def _write_yolo_split(root, split: str, n: int) -> None:
-    """Shapes images (.npy, 96 x 80) with polygon labels."""
-    (root / "images" / split).mkdir(parents=True)
-    (root / "labels" / split).mkdir(parents=True)
-    data = ShapesDataset(n, image_size=(96, 80), max_objects=2, num_vertices=6, seed=3, split=split)
-    for i in range(n):
-        s = data[i]
-        np.save(root / "images" / split / f"im{i}.npy", s["image"].permute(1, 2, 0).numpy())
-        lines = []
-        for label, poly, count in zip(s["labels"], s["polygons"], s["polygon_counts"], strict=True):
-            xy = poly[: int(count)] / torch.tensor([80.0, 96.0])
-            lines.append(" ".join([str(int(label)), *(f"{v:.6f}" for v in xy.flatten().tolist())]))
-        (root / "labels" / split / f"im{i}.txt").write_text("\n".join(lines) + "\n")
 
 
 def test_worker_batches_equal_main_process_batches(tmp_path):
@@ -61,8 +44,8 @@ def test_worker_batches_equal_main_process_batches(tmp_path):
 
 def test_fit_with_workers_and_cache_equals_plain_fit(tmp_path):
     root = tmp_path / "data"
-    _write_yolo_split(root, "train", 8)
-    _write_yolo_split(root, "val", 4)
+    write_yolo_split(root, "train", 8)
+    write_yolo_split(root, "val", 4)
     common = [f"data.root={root}", "data.kind=yolo", "data.num_classes=6", "data.image_size=64", "model.width=8",
               "batch_size=4", "epochs=1", "loss.reg_max=4", "loss.num_vertices=6", "eval.plots=false", "threads=1",
               "data.rot90=0.5"]

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
 import detloss.evaluate.tiled as tiled
-from detloss.data.shapes import ShapesDataset
 from detloss.data.tiling import TiledDataset
 from detloss.train.config import load_config
 from detloss.train.trainer import Trainer
+from yolo_folder import write_yolo_split
 
 H, W = 200, 160  # larger than the 64 px tiles: 4 rows (0, 48, 96, 136) x 3 columns (0, 48, 96)
-
-
-def _write_yolo_split(root, split: str, n: int) -> None:
-    (root / "images" / split).mkdir(parents=True)
-    (root / "labels" / split).mkdir(parents=True)
-    data = ShapesDataset(n, image_size=(H, W), max_objects=4, num_vertices=6, seed=5, split=split)
-    for i in range(n):
-        s = data[i]
-        np.save(root / "images" / split / f"im{i}.npy", s["image"].permute(1, 2, 0).numpy())
-        lines = []
-        for label, poly, count in zip(s["labels"], s["polygons"], s["polygon_counts"], strict=True):
-            xy = poly[: int(count)] / torch.tensor([float(W), float(H)])
-            lines.append(" ".join([str(int(label)), *(f"{v:.6f}" for v in xy.flatten().tolist())]))
-        (root / "labels" / split / f"im{i}.txt").write_text("\n".join(lines) + "\n")
 
 
 def _config(tmp_path, root, *extra):
@@ -53,8 +37,8 @@ def _config(tmp_path, root, *extra):
 
 def test_tiled_training_and_tiled_evaluation(tmp_path, monkeypatch):
     root = tmp_path / "data"
-    _write_yolo_split(root, "train", 2)
-    _write_yolo_split(root, "val", 2)
+    write_yolo_split(root, "train", 2, (H, W), max_objects=4, seed=5)
+    write_yolo_split(root, "val", 2, (H, W), max_objects=4, seed=5)
     trainer = Trainer(_config(tmp_path, root, "eval.tiled=true", "eval.max_det=300"))
     assert isinstance(trainer.train_set, TiledDataset) and trainer.train_set.mode == "random"
     assert len(trainer.train_set) == 2 * 12 and len(trainer.val_set) == 2 * 12
