@@ -144,9 +144,6 @@ class DetectionLoss:
         items = {f"{name}_loss": v for name, v in zip(report, values.detach(), strict=True)}
         return values * preds["scores"].shape[0], items
 
-    def update(self) -> None:
-        """Called by ultralytics' trainer at each epoch end; the gains' epoch comes from :attr:`epoch`."""
-
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
