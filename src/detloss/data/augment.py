@@ -179,40 +179,39 @@ def scale_crop(
 
 
 def rgb_to_hsv(rgb: Tensor) -> Tensor:
-    """``(3, H, W)`` RGB in ``[0, 1]`` -> HSV, hue in ``[0, 1)`` (a full turn is 1).
+    """``(3, H, W)`` RGB in ``[0, 1]`` -> HSV, hue in ``[0, 1)`` (a full turn is 1), in ``rgb``'s dtype.
 
     >>> rgb_to_hsv(torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64).view(3, 1, 1)).flatten().tolist()
     [0.08333333333333333, 1.0, 1.0]
     """
-    r, g, b = rgb.double().unbind(0)
-    v = torch.maximum(torch.maximum(r, g), b)
-    c = v - torch.minimum(torch.minimum(r, g), b)
-    safe = torch.where(c > 0, c, torch.ones_like(c))
-    h = torch.where(v == r, ((g - b) / safe) % 6, torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    h = torch.where(c > 0, h / 6, torch.zeros_like(h))
-    s = torch.where(v > 0, c / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
-    return torch.stack((h, s, v)).to(rgb.dtype)
+    r, g, b = rgb.unbind(0)
+    v, arg = rgb.max(0)
+    c = v - rgb.min(0).values
+    safe = torch.where(c > 0, c, 1.0)
+    # the sector of the hue: which channel is largest (ties resolve to the first, r before g before b)
+    h = torch.where(arg == 0, ((g - b) / safe) % 6, torch.where(arg == 1, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = torch.where(c > 0, h / 6, 0.0)
+    s = torch.where(v > 0, c / torch.where(v > 0, v, 1.0), 0.0)
+    return torch.stack((h, s, v))
 
 
 def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """The inverse of :func:`rgb_to_hsv`."""
-    h, s, v = hsv.double().unbind(0)
+    """The inverse of :func:`rgb_to_hsv`, in ``hsv``'s dtype."""
+    h, s, v = hsv.unbind(0)
     h6 = (h % 1.0) * 6
-
-    def f(n: int) -> Tensor:
-        k = (n + h6) % 6
-        return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
-
-    return torch.stack((f(5), f(3), f(1))).to(hsv.dtype)
+    vs = v * s
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype).view(3, 1, 1)
+    k = (n + h6) % 6
+    return v - vs * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 
 def hsv_jitter(sample: Mapping[str, Any], dh: float, ds: float, dv: float) -> dict[str, Any]:
     """Shift the hue by ``dh`` turns, multiply saturation by ``1 + ds`` and value by ``1 + dv`` (both
-    clamped to ``[0, 1]``); geometry untouched."""
-    hsv = rgb_to_hsv(sample["image"].double())
-    hsv = torch.stack(((hsv[0] + dh) % 1.0, (hsv[1] * (1 + ds)).clamp(0, 1), (hsv[2] * (1 + dv)).clamp(0, 1)))
+    clamped to ``[0, 1]``); geometry untouched. Computed in the image's dtype (float32 images: 1e-6)."""
+    h, s, v = rgb_to_hsv(sample["image"]).unbind(0)
+    hsv = torch.stack(((h + dh) % 1.0, (s * (1 + ds)).clamp_(0, 1), (v * (1 + dv)).clamp_(0, 1)))
     out = dict(sample)
-    out["image"] = hsv_to_rgb(hsv).to(sample["image"].dtype)
+    out["image"] = hsv_to_rgb(hsv)
     return out
 
 
