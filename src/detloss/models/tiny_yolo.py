@@ -45,7 +45,8 @@ class TinyDetector(nn.Module):
         reg_max: DFL bins per side.
         num_vertices: K polygon vertices (0: no polygon head).
         width: channels of the first stage; later stages use 2x and 4x.
-        strides: fixed at (8, 16, 32).
+        p2: add a stride-4 level (``width`` channels, from the stem and the stride-8 neck output) for
+            objects of ~10-40 px; ``strides`` is then ``(4, 8, 16, 32)``, else ``(8, 16, 32)``.
 
     Example:
         >>> model = TinyDetector(num_classes=6, reg_max=8, num_vertices=8)
@@ -53,11 +54,12 @@ class TinyDetector(nn.Module):
         [torch.Size([1, 54, 8, 8]), torch.Size([1, 54, 4, 4]), torch.Size([1, 54, 2, 2])]
     """
 
-    strides = (8, 16, 32)
-
-    def __init__(self, num_classes: int, reg_max: int = 16, num_vertices: int = 0, width: int = 32) -> None:
+    def __init__(
+        self, num_classes: int, reg_max: int = 16, num_vertices: int = 0, width: int = 32, p2: bool = False
+    ) -> None:
         super().__init__()
         self.num_classes, self.reg_max, self.num_vertices = num_classes, reg_max, num_vertices
+        self.strides = (4, 8, 16, 32) if p2 else (8, 16, 32)
         self.layout = HeadLayout(reg_max, num_classes, num_vertices)
         box_channels, _, poly_channels = self.layout.groups
         c1, c2, c3 = width, 2 * width, 4 * width
@@ -71,9 +73,11 @@ class TinyDetector(nn.Module):
         self.bottom_up4 = ConvNormAct(c2 + c2, c2, 3)
         self.down4 = ConvNormAct(c2, c2, 3, 2)
         self.bottom_up5 = ConvNormAct(c2 + c3, c2, 3)
-        self.box = nn.ModuleList(self._branch(c2, box_channels) for _ in self.strides)
-        self.cls = nn.ModuleList(self._branch(c2, num_classes) for _ in self.strides)
-        self.poly = nn.ModuleList(self._branch(c2, poly_channels) for _ in self.strides) if num_vertices else None
+        self.top_down2 = ConvNormAct(c2 + c1, c1, 3) if p2 else None
+        widths = ([c1] if p2 else []) + [c2, c2, c2]
+        self.box = nn.ModuleList(self._branch(c, box_channels) for c in widths)
+        self.cls = nn.ModuleList(self._branch(c, num_classes) for c in widths)
+        self.poly = nn.ModuleList(self._branch(c, poly_channels) for c in widths) if num_vertices else None
         self._init_biases()
 
     @staticmethod
@@ -109,8 +113,11 @@ class TinyDetector(nn.Module):
         n3 = self.top_down3(torch.cat((F.interpolate(t4, size=p3.shape[-2:]), p3), 1))
         n4 = self.bottom_up4(torch.cat((self.down3(n3), t4), 1))
         n5 = self.bottom_up5(torch.cat((self.down4(n4), p5), 1))
+        levels = [n3, n4, n5]
+        if self.top_down2 is not None:
+            levels.insert(0, self.top_down2(torch.cat((F.interpolate(n3, size=x.shape[-2:]), x), 1)))
         out = []
-        for i, f in enumerate((n3, n4, n5)):
+        for i, f in enumerate(levels):
             parts = [self.box[i](f), self.cls[i](f)] + ([self.poly[i](f)] if self.poly is not None else [])
             out.append(torch.cat(parts, 1))
         return out

@@ -159,6 +159,7 @@ class ModelConfig(_Strict):
 
     kind: Literal["dense", "two_stage", "grid"] = "dense"
     width: int = Field(24, ge=2)  # the stem's first conv has width // 2 channels
+    p2: bool = False  # dense: a stride-4 level (strides 4, 8, 16, 32) for objects of ~10-40 px
     proposals_train: int = Field(256, ge=1)  # two_stage: RPN proposals kept per image in training (before GT)
     proposals_test: int = Field(100, ge=1)  # two_stage: ... in evaluation
     stride: Annotated[int, Field(ge=4), AfterValidator(_power_of_two)] = 16  # grid: pixels per cell

@@ -27,8 +27,8 @@ class DenseTask(Task):
     def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
         self.cfg = cfg.loss
         self.num_classes = num_classes
-        self.model = TinyDetector(num_classes, cfg.loss.reg_max, cfg.loss.num_vertices, cfg.model.width)
-        self.criterion = DenseCriterion.from_config(cfg.loss, num_classes, TinyDetector.strides)
+        self.model = TinyDetector(num_classes, cfg.loss.reg_max, cfg.loss.num_vertices, cfg.model.width, cfg.model.p2)
+        self.criterion = DenseCriterion.from_config(cfg.loss, num_classes, self.model.strides)
         schedule = background_schedule(cfg.loss.background)
         self.schedules = {"bg": schedule} if schedule is not None else {}
         self.has_polygons = cfg.loss.num_vertices > 0
@@ -56,7 +56,7 @@ class DenseTask(Task):
         feats = model(images)
         preds = decode_dense(
             [f.float() for f in feats],
-            TinyDetector.strides,
+            model.strides,
             self.num_classes,
             self.cfg.reg_max,
             num_vertices=self.cfg.num_vertices,
