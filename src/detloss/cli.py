@@ -1,7 +1,7 @@
 """``detloss``: train, compare runs, or inspect a criterion's report.
 
     detloss train [--config run.yaml] [key.sub=value ...]   # train on the built-in shapes by default
-    detloss compare RUN_A RUN_B                             # overlay two runs: figure and table
+    detloss compare RUN_A RUN_B [RUN ...]                   # overlay runs: figure and table
     detloss doctor [--config run.yaml] [key.sub=value ...] [--steps 50] [--json out.json] [--run RUN]
     detloss report [--preset ultralytics] [--normalizer cls=mean] [--polygons 8] [--bg max]
     detloss                                                 # same as `detloss report`
@@ -81,8 +81,8 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("dataset", choices=["neon-trees"], help="neon-trees: NEON aerial tree crowns (deepforest wheel)")
     data.add_argument("out", metavar="DIR", help="folder to write (train/ and val/)")
     data.add_argument("--wheel", default=None, help="a downloaded deepforest-2.1.0 wheel (default: pip download it)")
-    compare = sub.add_parser("compare", help="overlay two runs")
-    compare.add_argument("runs", nargs=2, metavar="RUN")
+    compare = sub.add_parser("compare", help="overlay two runs or more")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="two runs or more")
     compare.add_argument("--out", default=None, help="folder for the figure (default: the first run)")
     return p
 
@@ -179,8 +179,8 @@ def compare(args: argparse.Namespace) -> int:
 
     from detloss.train.plots import compare_runs
 
-    run_a, run_b = (Path(r) for r in args.runs)
-    figure, table = compare_runs(run_a, run_b, Path(args.out) if args.out else run_a)
+    runs = [Path(r) for r in args.runs]
+    figure, table = compare_runs(runs, Path(args.out) if args.out else runs[0])
     print(table)
     print(f"\nfigure: {figure}")
     return 0

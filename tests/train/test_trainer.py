@@ -86,15 +86,28 @@ def test_torchrun_two_process_run_logs_the_one_process_numbers(tmp_path):
                 assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
 
 
-def test_compare_writes_a_figure_and_a_table(tmp_path):
+def test_compare_writes_a_figure_and_a_table_of_any_number_of_runs(tmp_path):
     pytest.importorskip("matplotlib")
+    import csv
+
     from detloss.train.plots import compare_runs
 
-    for name, lr in (("before", "0.002"), ("after", "0.004")):
-        Trainer(_config(tmp_path / name, "epochs=2", f"optim.lr={lr}")).fit()
-    figure, table = compare_runs(tmp_path / "before", tmp_path / "after", tmp_path)
+    runs = [tmp_path / name for name in ("slow", "mid", "fast")]
+    for run, lr in zip(runs, ("0.002", "0.003", "0.004"), strict=True):
+        Trainer(_config(run, "epochs=2", f"optim.lr={lr}", "doctor.every_steps=2")).fit()
+    figure, table = compare_runs(runs, tmp_path)
     assert figure.is_file() and figure.stat().st_size > 1000
-    assert "val/map50" in table and "train/cls" in table
+    header, *lines = table.splitlines()
+    assert header.split()[1:] == ["slow", "mid", "fast"]
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines}
+    assert "val/map50" in rows and "train/cls" in rows
+    for i, run in enumerate(runs):  # the mean gradient share over the run's doctor.csv rows
+        with open(run / "doctor.csv") as f:
+            shares = [float(r["cls/grad_share"]) for r in csv.DictReader(f)]
+        assert len(shares) >= 2
+        assert rows["grad_share/cls"][i] == pytest.approx(sum(shares) / len(shares), rel=1e-4)
+    with pytest.raises(ValueError, match="two runs"):
+        compare_runs(runs[:1], tmp_path)
 
 
 def test_bad_overrides_and_config_values_raise():

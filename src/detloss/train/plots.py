@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 from pathlib import Path
 
@@ -133,26 +135,47 @@ def plot_run(run: Path, trainer) -> None:
     plot_predictions(run, images, [{k: v.cpu() for k, v in p.items()} for p in preds], trainer.cfg.eval.conf, names)
 
 
-def compare_runs(run_a: Path, run_b: Path, out: Path) -> tuple[Path, str]:
-    """Overlay two runs' epoch curves in one figure and return a table of their last epochs."""
+def _mean_shares(run: Path) -> dict[str, float]:
+    """``grad_share/<term>``: the mean gradient share of each term over a run's ``doctor.csv`` (if any)."""
+    if not (run / "doctor.csv").is_file():
+        return {}
+    rows = read_csv(run / "doctor.csv")
+    terms = [k[: -len("/grad_share")] for k in rows[0] if k.endswith("/grad_share")] if rows else []
+    return {f"grad_share/{t}": sum(r[f"{t}/grad_share"] for r in rows) / len(rows) for t in terms}
+
+
+def compare_runs(runs: Sequence[Path], out: Path) -> tuple[Path, str]:
+    """Overlay the runs' epoch curves in one figure and return a table of their last epochs, with each
+    term's mean gradient share when every run logged ``doctor.csv`` (``doctor.every_steps``)."""
+    if len(runs) < 2:
+        raise ValueError(f"runs: compare needs two runs at least, got {len(runs)}")
     plt = _pyplot()
-    a, b = read_csv(run_a / "epochs.csv"), read_csv(run_b / "epochs.csv")
-    keys = [k for k in a[0] if k in b[0] and (k.startswith("val/") or (k.startswith("train/") and k.count("/") == 1))]
+    epochs = [read_csv(run / "epochs.csv") for run in runs]
+    keys = [
+        k
+        for k in epochs[0][0]
+        if all(k in e[0] for e in epochs) and (k.startswith("val/") or (k.startswith("train/") and k.count("/") == 1))
+    ]
     plot_keys = [k for k in keys if k.startswith("train/") or k in ("val/map50", "val/map", "val/poly_map50")]
     cols = min(4, len(plot_keys))
     rows = math.ceil(len(plot_keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     for ax, key in zip(axes.flat, plot_keys, strict=False):
-        for rows_, name in ((a, run_a.name), (b, run_b.name)):
-            ax.plot([r["epoch"] for r in rows_], [r[key] for r in rows_], marker="o", label=name)
+        for rows_, run in zip(epochs, runs, strict=True):
+            ax.plot([r["epoch"] for r in rows_], [r[key] for r in rows_], marker="o", label=run.name)
         ax.set(title=key, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(plot_keys) :]:
         ax.axis("off")
     out.mkdir(parents=True, exist_ok=True)
-    path = _save(plt, fig, out / f"compare_{run_a.name}_vs_{run_b.name}.png")
+    path = _save(plt, fig, out / f"compare_{'_vs_'.join(run.name for run in runs)}.png")
+    last = [dict(e[-1]) for e in epochs]
+    shares = [_mean_shares(run) for run in runs]
+    keys += [k for k in shares[0] if all(k in s for s in shares)]
+    for row, s in zip(last, shares, strict=True):
+        row.update(s)
     width = max(len(k) for k in keys)
-    lines = [f"{'metric':<{width}} {run_a.name[:14]:>14} {run_b.name[:14]:>14}"]
-    lines += [f"{k:<{width}} {a[-1][k]:>14.5g} {b[-1][k]:>14.5g}" for k in keys]
+    lines = [f"{'metric':<{width}} " + " ".join(f"{run.name[:14]:>14}" for run in runs)]
+    lines += [f"{k:<{width}} " + " ".join(f"{row[k]:>14.5g}" for row in last) for k in keys]
     return path, "\n".join(lines)
