@@ -89,3 +89,20 @@ def test_collate_box_only_and_errors():
         collate([s, _samples()[0] | {"image": torch.zeros(3, 8, 8)}])
     with pytest.raises(ValueError, match="at least one"):
         collate([])
+
+
+def test_ignore_objects_leave_the_targets_for_ignore_boxes():
+    a = {
+        "image": torch.zeros(3, 10, 20),
+        "labels": torch.tensor([1, 0]),
+        "boxes": torch.tensor([[0.0, 0.0, 10.0, 5.0], [10.0, 0.0, 20.0, 10.0]]),
+        "ignore": torch.tensor([False, True]),
+    }
+    b = {"image": torch.zeros(3, 10, 20), "labels": torch.tensor([2]), "boxes": torch.tensor([[4.0, 2.0, 8.0, 6.0]])}
+    _, t = collate([a, b])
+    assert t["batch_idx"].tolist() == [0, 1] and t["cls"].tolist() == [1, 2]
+    # (10, 0, 20, 10) in a 20 x 10 image: centre (15, 5) / (20, 10), size (10, 10) / (20, 10)
+    assert t["ignore_bboxes"].tolist() == [[0.75, 0.5, 0.5, 1.0]] and t["ignore_batch_idx"].tolist() == [0]
+    assert "ignore_bboxes" not in collate([b, b])[1]
+    with pytest.raises(ValueError, match="masks"):
+        collate([{**a, "masks": torch.zeros(10, 20)}])

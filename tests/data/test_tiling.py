@@ -91,6 +91,22 @@ def test_objects_below_min_visible_are_dropped():
     assert t["boxes"][1].tolist() == [0.0, 34.0, 4.0, 54.0]
 
 
+def test_objects_below_min_visible_become_ignore_regions_with_cut_ignore():
+    # the tile of the test above at min_visible 0.61: object 1 (0.6 visible) and object 2 (0.133) are kept
+    # clipped, flagged ignore; object 0 (box [50,70]x[10,30], above y0 = 36) has no area inside -> dropped
+    t = crop_tile(_sample(), 56, 36, 64, min_visible=0.61, cut="ignore")
+    assert t["labels"].tolist() == [1, 2] and t["ignore"].tolist() == [True, True]
+    assert t["boxes"].tolist() == [[0.0, 4.0, 24.0, 24.0], [0.0, 34.0, 4.0, 54.0]]
+    # an ignore flag the reader gave (VOC difficult) survives; a kept object stays a target
+    s = _sample()
+    s["ignore"] = torch.tensor([False, False, True])
+    t = crop_tile(s, 56, 36, 64, min_visible=0.5, cut="ignore")
+    assert t["labels"].tolist() == [1, 2] and t["ignore"].tolist() == [False, True]
+    assert crop_tile(s, 56, 36, 64, min_visible=0.5)["ignore"].tolist() == [False]  # cut="drop"
+    with pytest.raises(ValueError, match="cut must be"):
+        crop_tile(s, 56, 36, 64, cut="keep")
+
+
 def test_a_cut_with_more_vertices_than_slots_is_fitted():
     # K = 4: the diamond (50,0) (100,50) (50,100) (0,50) cut by [0,64]^2 is the pentagon
     # (50,0) (64,14) (64,64) (14,64) (0,50) (x = 64 meets its edges at y = 14 and 86, y = 64 at x = 64 and 14);

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from detloss.data.collate import collate
 from detloss.train.config import load_config
 from detloss.train.data import build_datasets
 from detloss.train.trainer import Trainer
@@ -62,8 +64,8 @@ def test_training_on_voc_takes_classes_from_the_data(tmp_path, monkeypatch):
     _write_voc(tmp_path / "voc")
     trainer = Trainer(_config(tmp_path, "data.kind=voc", f"data.root={tmp_path / 'voc'}"))
     assert trainer.num_classes == 2 and trainer.val_set.class_names == ["oak", "pine"]
-    # training samples lose the difficult oak of t0; validation keeps it, flagged
-    assert trainer.train_set[0]["labels"].tolist() == [1] and "ignore" in trainer.val_set[0]
+    # both splits keep the difficult oak of t0, flagged
+    assert trainer.train_set[0]["labels"].tolist() == [1, 0] and trainer.train_set[0]["ignore"].tolist() == [False, True]
     assert trainer.val_set[0]["ignore"].tolist() == [False, True]
     seen = {}
     import detloss.train.plots as plots
@@ -74,6 +76,21 @@ def test_training_on_voc_takes_classes_from_the_data(tmp_path, monkeypatch):
     assert trainer.step == 2
     assert {"map50", "map/oak", "map/pine", "map50/oak", "map50/pine"} <= set(metrics)
     assert seen["names"] == ["oak", "pine"] and (tmp_path / "run" / "predictions.png").is_file()
+
+
+def test_difficult_objects_are_ignore_regions_of_the_dense_loss(tmp_path):
+    """t0's difficult oak (30, 10, 60, 40), letterboxed 48 -> 64 px rows (+8): (30, 18, 60, 48). Anchor centres
+    inside it, edges included: stride 8 x 36..60 (4) by y 20..44 (4) = 16; stride 16 x 40, 56 by y 24, 40 = 4;
+    stride 32 (48, 48) = 1: 21 of the 64 + 16 + 4 = 84 anchors of image 0, none of image 1."""
+    _write_voc(tmp_path / "voc")
+    trainer = Trainer(_config(tmp_path, "data.kind=voc", f"data.root={tmp_path / 'voc'}"))
+    images, targets = collate([trainer.train_set[0], trainer.train_set[1]])
+    assert targets["cls"].tolist() == [1, 0] and targets["ignore_batch_idx"].tolist() == [0]
+    assert torch.allclose(targets["ignore_bboxes"] * 64, torch.tensor([[45.0, 33.0, 30.0, 30.0]]))
+    out = trainer.task.loss(trainer.model, images, targets, None, trainer.autocast)
+    ignored = trainer.task.ignored_anchors(out.outputs, images, targets)
+    assert ignored.sum(1).tolist() == [21, 0]
+    assert out.report.as_dict()["cls/num_elements"] == (2 * 84 - 21) * 2  # (anchors - ignored) x 2 classes
 
 
 def test_difficult_objects_are_ignored_in_evaluation(tmp_path):

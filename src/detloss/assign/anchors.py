@@ -16,7 +16,7 @@ import torch
 
 from detloss.core.checks import check_same, check_trailing
 
-__all__ = ["bbox2dist", "dist2bbox", "make_anchors"]
+__all__ = ["anchors_in_boxes", "bbox2dist", "dist2bbox", "make_anchors"]
 
 
 def make_anchors(
@@ -128,3 +128,34 @@ def bbox2dist(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     _broadcast("points", points, "boxes", boxes)
     x1y1, x2y2 = boxes.chunk(2, -1)
     return torch.cat((points - x1y1, x2y2 - points), -1)
+
+
+def anchors_in_boxes(points: torch.Tensor, boxes: torch.Tensor, batch_idx: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``(B, A)`` bool: anchor ``a`` of image ``b`` lies in one of that image's boxes (edges included).
+
+    The dense criterion's ``ignore`` mask from ignore regions (VOC ``difficult`` objects, objects a tile cuts).
+
+    Args:
+        points: ``(A, 2)`` pixel ``(x, y)`` anchor points (:func:`make_anchors`).
+        boxes: ``(M, 4)`` pixel ``xyxy``.
+        batch_idx: ``(M,)`` image of each box, in ``[0, batch_size)``.
+
+    Example:
+        >>> points, _ = make_anchors([(1, 3)], [8])  # x = 4, 12, 20
+        >>> anchors_in_boxes(points, torch.tensor([[0.0, 0.0, 12.0, 8.0]]), torch.tensor([1]), 2)
+        tensor([[False, False, False],
+                [ True,  True, False]])
+    """
+    if boxes.dim() != 2 or boxes.shape[-1] != 4 or batch_idx.shape != boxes.shape[:1]:
+        raise ValueError(
+            f"boxes must be (M, 4) and batch_idx (M,), got {tuple(boxes.shape)} and {tuple(batch_idx.shape)}"
+        )
+    if boxes.shape[0] == 0:
+        return torch.zeros(batch_size, points.shape[0], dtype=torch.bool, device=points.device)
+    if int(batch_idx.min()) < 0 or int(batch_idx.max()) >= batch_size:
+        raise ValueError(f"batch_idx must lie in [0, {batch_size}), got {batch_idx.tolist()}")
+    x, y = points[None, :, 0], points[None, :, 1]
+    b = boxes.to(points)[:, :, None]
+    inside = (x >= b[:, 0]) & (x <= b[:, 2]) & (y >= b[:, 1]) & (y <= b[:, 3])  # (M, A)
+    hits = torch.zeros(batch_size, points.shape[0], dtype=torch.int32, device=points.device)
+    return hits.index_add_(0, batch_idx.to(points.device), inside.int()) > 0

@@ -22,8 +22,10 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[Tensor, dict[str, Any
         ``images`` and a dict with ``batch_idx (N,)`` int64, ``cls (N,)`` int64, ``bboxes (N, 4)`` float32
         ``cx, cy, w, h`` divided by ``(W, H, W, H)``; with polygons ``polygons (N, K, 2)`` float32 divided
         by ``(W, H)`` (``K`` the largest in the batch; padded vertices are 0) and ``polygon_counts (N,)``
-        int64; with masks ``masks``, the list of the ``B`` ``(H, W)`` instance masks. Other sample keys
-        are not collected.
+        int64; with masks ``masks``, the list of the ``B`` ``(H, W)`` instance masks. Objects a sample flags
+        ``ignore`` (VOC ``difficult``, tiles' cut objects) are not targets: their boxes come as
+        ``ignore_bboxes (M, 4)`` (normalized ``cx, cy, w, h``) with ``ignore_batch_idx (M,)``, present when a
+        sample has an ``ignore`` entry. Other sample keys are not collected.
 
     >>> s = {"image": torch.zeros(3, 10, 20), "labels": torch.tensor([1]),
     ...      "boxes": torch.tensor([[0.0, 0.0, 10.0, 5.0]])}
@@ -46,6 +48,10 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[Tensor, dict[str, Any
     has_mask = ["masks" in s for s in samples]
     if any(has_mask) and not all(has_mask):
         raise ValueError("samples must all have 'masks' or none of them")
+
+    ignored = None
+    if any("ignore" in s for s in samples):
+        samples, ignored = _split_ignored(samples)
 
     counts = []
     for i, s in enumerate(samples):
@@ -81,4 +87,32 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[Tensor, dict[str, Any
         targets["polygon_counts"] = torch.cat(pcounts)
     if all(has_mask):
         targets["masks"] = [s["masks"] for s in samples]
+    if ignored is not None:
+        idx = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(ignored)])
+        xyxy = torch.cat([b.float().reshape(-1, 4) for b in ignored]).to(scale.device)
+        cxcywh = torch.cat(((xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]), 1) / scale
+        targets["ignore_bboxes"], targets["ignore_batch_idx"] = cxcywh.to(device), idx.to(device)
     return images, targets
+
+
+_OBJECT_KEYS = ("labels", "boxes", "polygons", "polygon_counts", "is_polygon", "ignore")
+
+
+def _split_ignored(samples: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[Tensor]]:
+    """The samples without their ``ignore`` objects, and each sample's ignored boxes ``(m, 4)``."""
+    kept, ignored = [], []
+    for i, s in enumerate(samples):
+        flag = s.get("ignore")
+        if flag is None:
+            kept.append(s)
+            ignored.append(s["boxes"].new_zeros(0, 4))
+            continue
+        if "masks" in s and bool(flag.any()):
+            raise ValueError(f"sample {i}: 'masks' with 'ignore' objects are not supported (mask ids would shift)")
+        out = dict(s)
+        for key in _OBJECT_KEYS:
+            if key in s:
+                out[key] = s[key][~flag]
+        kept.append(out)
+        ignored.append(s["boxes"][flag])
+    return kept, ignored

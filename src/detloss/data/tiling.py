@@ -12,8 +12,11 @@ the tile is padded on the right / bottom with ``fill`` (grey 0.5, as :func:`~det
 pads): no image is resized. Random windows (:func:`random_window`) have integer corners drawn uniformly.
 
 **Cut objects.** An object is kept when at least ``min_visible`` of its box area lies inside the window
-(a zero-area box: when it lies in the closed window); otherwise it is dropped (not marked ignore: the
-trainer has no ignore path, so a mostly-hidden object is background for that tile). A kept object's box
+(a zero-area box: when it lies in the closed window). Otherwise, with ``cut="drop"``, it is dropped (a
+mostly-hidden object is then background for that tile); with ``cut="ignore"``, an object with some box
+area inside is kept and flagged ``ignore`` (``True``): the dense trainer's loss treats the anchors in its
+box as neither positive nor background (:func:`~detloss.assign.anchors.anchors_in_boxes`), and evaluation
+as COCO's ignored ground truth. A kept object's box
 is clipped to the window, and its polygon is clipped to the window rectangle (Sutherland-Hodgman,
 :func:`~detloss.ops.clip.clip_convex_polygon_to_rect`; exact for the convex polygons the readers give). A
 clipped polygon with more than ``K`` vertices (a cut adds up to 4) is fitted into the ``K`` slots with
@@ -55,15 +58,23 @@ def random_window(height: int, width: int, size: int, generator: torch.Generator
 
 
 def crop_tile(
-    sample: Mapping[str, Any], x0: int, y0: int, size: int, min_visible: float = 0.5, fill: float = 0.5
+    sample: Mapping[str, Any],
+    x0: int,
+    y0: int,
+    size: int,
+    min_visible: float = 0.5,
+    fill: float = 0.5,
+    cut: str = "drop",
 ) -> dict[str, Any]:
-    """The ``size x size`` tile at ``(x0, y0)`` of ``sample`` with its objects cut by the module's rule.
+    """The ``size x size`` tile at ``(x0, y0)`` of ``sample`` with its objects cut by the module's rule
+    (``cut``: ``"drop"`` or ``"ignore"`` the objects with less than ``min_visible`` of their box inside).
 
     Returns a sample of the same layout (``image (3, size, size)``, per-object tensors of the kept objects,
     other entries as they are) plus ``tile``: ``(x0, y0)``, so a tile detection maps back with ``x + x0``.
     """
     if not 0 < min_visible <= 1:
         raise ValueError(f"min_visible must be in (0, 1], got {min_visible}")
+    _check_cut(cut)
     image = sample["image"]
     if not isinstance(image, Tensor) or image.dim() != 3:
         raise ValueError(f"sample['image'] must be a (C, H, W) tensor, got {getattr(image, 'shape', type(image))}")
@@ -86,6 +97,11 @@ def crop_tile(
     inside = (b[:, :2] >= win[:2]).all(1) & (b[:, 2:] <= win[2:]).all(1)
     frac = torch.where(area > 0, inter / area.clamp(min=1e-300), inside.double())
     keep = frac >= min_visible
+    ignore = sample["ignore"].clone() if "ignore" in sample else torch.zeros(n, dtype=torch.bool)
+    if cut == "ignore":
+        hidden = ~keep & (inter > 0)
+        ignore |= hidden
+        keep |= hidden
     shift = win[:2]
 
     polygons, counts = sample.get("polygons"), sample.get("polygon_counts")
@@ -107,9 +123,16 @@ def crop_tile(
         out["polygons"], out["polygon_counts"] = new_poly[keep], new_counts[keep]
     out["boxes"] = (clipped - shift.repeat(2))[keep].to(boxes.dtype)
     for key in _OBJECT_KEYS:
-        if key in sample and key not in ("boxes", "polygons", "polygon_counts"):
+        if key in sample and key not in ("boxes", "polygons", "polygon_counts", "ignore"):
             out[key] = sample[key][keep]
+    if "ignore" in sample or cut == "ignore":
+        out["ignore"] = ignore[keep]
     return out
+
+
+def _check_cut(cut: str) -> None:
+    if cut not in ("drop", "ignore"):
+        raise ValueError(f"cut must be 'drop' or 'ignore', got {cut!r}")
 
 
 class TiledDataset(torch.utils.data.Dataset):
@@ -118,7 +141,7 @@ class TiledDataset(torch.utils.data.Dataset):
     ``mode="grid"``: every grid tile of every image (:func:`~detloss.ops.tiles.grid_windows`), in image then row order.
     ``mode="random"``: as many tiles per image as its grid has, each a random window drawn from
     ``tile_seed(seed, epoch, index)``: the same on every rank and after a resume, new each epoch
-    (:meth:`get`; ``dataset[i]`` is epoch 0). Image sizes are read once here (one load per image);
+    (:meth:`get`; ``dataset[i]`` is epoch 0). ``cut``: :func:`crop_tile`'s rule. Image sizes are read once here (one load per image);
     ``dataset`` keeps the full images (tiled inference evaluates on them). The last ``keep_images`` full
     samples stay in memory, so consecutive tiles of one image load it once (each tile is its own copy).
     """
@@ -132,14 +155,16 @@ class TiledDataset(torch.utils.data.Dataset):
         mode: str = "grid",
         seed: int = 0,
         keep_images: int = 4,
+        cut: str = "drop",
     ) -> None:
         check_tiling(size, overlap)
+        _check_cut(cut)
         if mode not in ("grid", "random"):
             raise ValueError(f"mode must be 'grid' or 'random', got {mode!r}")
         if not 0 < min_visible <= 1:
             raise ValueError(f"min_visible must be in (0, 1], got {min_visible}")
         self.dataset, self.size, self.overlap, self.min_visible = dataset, size, overlap, min_visible
-        self.mode, self.seed = mode, seed
+        self.mode, self.seed, self.cut = mode, seed, cut
         self.num_classes = getattr(dataset, "num_classes", None)
         self.class_names = getattr(dataset, "class_names", None)
         if keep_images < 0:
@@ -163,7 +188,7 @@ class TiledDataset(torch.utils.data.Dataset):
             h, w = self.image_hw[image]
             g = torch.Generator().manual_seed(tile_seed(self.seed, epoch, index))
             x0, y0 = random_window(h, w, self.size, g)
-        return crop_tile(self._sample(image), x0, y0, self.size, self.min_visible)
+        return crop_tile(self._sample(image), x0, y0, self.size, self.min_visible, cut=self.cut)
 
     def _sample(self, image: int) -> dict[str, Any]:
         if image in self._recent:

@@ -64,6 +64,8 @@ class TileConfig(_Strict):
     overlap: int = Field(64, ge=0)  # px; at least the largest object, so tiled inference sees each whole
     min_visible: float = Field(0.5, gt=0, le=1)  # a cut object is kept when this fraction of its box is in the tile
     train: Literal["random", "grid"] = "random"  # random: seeded crops, as many per image as its grid has
+    # objects below min_visible: dropped (background), or ignore regions (dense loss: neither positive nor background)
+    cut: Literal["drop", "ignore"] = "drop"
 
 
 class DataConfig(_Strict):

@@ -16,8 +16,9 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
     ``data.num_classes`` bounds the labels: a YOLO label line with a larger class is an error naming its
     file and line, and a value below the COCO categories or the shapes' classes is refused here.
     ``voc``, ``csv`` and ``yolo`` with a data.yaml (``data.yaml``, or ``data.root`` ending in ``.yaml``) take
-    the class count and names from the data (:mod:`detloss.train.data_readers`); their training samples
-    lose the ``ignore`` (VOC ``difficult``) objects, their validation samples keep them flagged.
+    the class count and names from the data (:mod:`detloss.train.data_readers`); their samples keep the
+    ``ignore`` (VOC ``difficult``) objects flagged: ignore regions in the dense loss (other kinds: background;
+    :func:`~detloss.data.collate.collate` leaves them out of the targets) and ignored ground truth in AP.
     """
     if cfg.kind == "shapes":
         from detloss.data.shapes import ShapesDataset
@@ -38,7 +39,7 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
 
         train, val = build_box_datasets(cfg, k, yaml_path)
         _check_num_classes(cfg, train.num_classes, f"the training data ({train.class_names}) has")
-        return (*_sized(cfg, train, val, drop_ignored=True), cfg.num_classes or train.num_classes)
+        return (*_sized(cfg, train, val), cfg.num_classes or train.num_classes)
     if cfg.root is None:
         raise ValueError(f"data.root is required for data.kind={cfg.kind!r}")
     if cfg.kind == "yolo":
@@ -60,22 +61,19 @@ def build_datasets(cfg: DataConfig, num_vertices: int):
     return (*_sized(cfg, train, val), num_classes)
 
 
-def _sized(cfg: DataConfig, train, val, drop_ignored: bool = False) -> tuple:
-    """``(train, val)`` at ``data.image_size``, decoded through ``data.cache`` when set, the training samples
-    without their ``ignore`` objects when ``drop_ignored``: full-resolution tiles with ``data.tile`` (large
-    images), else letterboxed."""
+def _sized(cfg: DataConfig, train, val) -> tuple:
+    """``(train, val)`` at ``data.image_size``, decoded through ``data.cache`` when set: full-resolution tiles
+    with ``data.tile`` (large images; objects cut by ``data.tile.cut``), else letterboxed."""
     if cfg.cache is not None:  # decode each image once (data.cache: ram or a .npy folder)
         from detloss.data.cache import ImageCache, cache_images
 
         cache = ImageCache(cfg.cache, cfg.cache_dir)
         train, val = cache_images(train, cache), cache_images(val, cache)
-    if drop_ignored:
-        train = _DropIgnored(train)
     if cfg.tile is None:
         return _Letterboxed(train, cfg.image_size), _Letterboxed(val, cfg.image_size)
     t = cfg.tile
-    train = TiledDataset(train, cfg.image_size, t.overlap, t.min_visible, mode=t.train, seed=cfg.seed)
-    return train, TiledDataset(val, cfg.image_size, t.overlap, t.min_visible, mode="grid")
+    train = TiledDataset(train, cfg.image_size, t.overlap, t.min_visible, mode=t.train, seed=cfg.seed, cut=t.cut)
+    return train, TiledDataset(val, cfg.image_size, t.overlap, t.min_visible, mode="grid", cut=t.cut)
 
 
 def build_augment(cfg: DataConfig) -> Augment:
@@ -133,29 +131,6 @@ class _Cached:
         sample = dict(self.items[i])
         sample["image"] = sample["image"].float() / 255
         return sample
-
-
-class _DropIgnored:
-    """Training samples without their ``ignore`` objects (VOC ``difficult``): not positives, and nothing
-    marks their area, so the loss treats it as background. Evaluation keeps them as ignored ground truth."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-        self.num_classes = getattr(dataset, "num_classes", None)
-        self.class_names = getattr(dataset, "class_names", None)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict:
-        sample = self.dataset[i]
-        if "ignore" not in sample:
-            return sample
-        keep = ~sample["ignore"]
-        out = dict(sample)
-        for key in ("labels", "boxes", "polygons", "polygon_counts", "is_polygon", "ignore"):
-            out[key] = sample[key][keep]
-        return out
 
 
 class _Letterboxed:

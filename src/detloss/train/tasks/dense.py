@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
+from detloss.assign.anchors import anchors_in_boxes, make_anchors
 from detloss.criteria.dense import DenseCriterion
 from detloss.evaluate import decode_dense
 from detloss.ops.hull import convex_hull
@@ -45,7 +47,19 @@ class DenseTask(Task):
         with autocast():
             feats = runner(images)
         feats = [f.float() for f in feats]
-        return StepOutputs(self.criterion(feats, targets, weights=weights), feats, feats)
+        ignore = self.ignored_anchors(feats, images, targets)
+        return StepOutputs(self.criterion(feats, targets, weights=weights, ignore=ignore), feats, feats)
+
+    def ignored_anchors(self, feats: list[Tensor], images: Tensor, targets: dict[str, Tensor]) -> Tensor | None:
+        """``(B, A)``: the anchors inside the batch's ignore regions (``targets["ignore_bboxes"]``, see
+        :func:`~detloss.data.collate.collate`), or ``None`` when the batch has none."""
+        boxes = targets.get("ignore_bboxes")
+        if boxes is None or boxes.shape[0] == 0:
+            return None
+        h, w = images.shape[-2:]
+        points, _ = make_anchors([tuple(f.shape[-2:]) for f in feats], self.criterion.strides, device=images.device)
+        xy, wh = boxes[:, :2] * boxes.new_tensor([w, h]), boxes[:, 2:] * boxes.new_tensor([w, h])
+        return anchors_in_boxes(points, torch.cat((xy - wh / 2, xy + wh / 2), 1), targets["ignore_batch_idx"], len(images))
 
     def measure(self, doctor, step: int, out: StepOutputs, targets: dict[str, Tensor]) -> None:
         doctor.measure(step, out.report, out.outputs, self.criterion, targets)
