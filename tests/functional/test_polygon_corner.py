@@ -160,3 +160,22 @@ def test_dense_criterion_reports_the_corner_term() -> None:
     torch.testing.assert_close(term.raw_sum, (el * t.weight).sum())
     report.total.backward()
     assert all(torch.isfinite(f.grad).all() for f in feats)
+
+
+def test_doctor_dependencies_of_the_corner_term() -> None:
+    """The term depends on all 2K polygon channels of the weighted positives (all K vertices are candidate
+    corners): the same elements as MGIoU's ``poly``; with ``polygon_loss="l1"`` more than ``poly``'s
+    (which reads only the target's valid vertices)."""
+    from detloss.diagnose.dense import dense_dependencies
+
+    feats = random_feats(2, DenseCriterion(3, (8, 16), 4, num_vertices=8).num_channels, 64, (8, 16), seed=0)
+    targets = random_targets(2, 3, 3, num_vertices=8, seed=0)
+    for loss in ("mgiou", "l1"):
+        crit = DenseCriterion(3, (8, 16), 4, num_vertices=8, polygon_loss=loss, polygon_corner=True)
+        deps = dense_dependencies(crit, feats, targets)
+        poly_channels = [m[:, crit.layout.poly] for m in deps["corner"]]
+        assert sum(int(m.sum()) for m in poly_channels) > 0
+        assert all(int(m.sum()) == int(m[:, crit.layout.poly].sum()) for m in deps["corner"])  # poly channels only
+        for corner, poly in zip(deps["corner"], deps["poly"], strict=True):
+            assert torch.equal(corner, poly) if loss == "mgiou" else bool((corner | ~poly).all() and (corner & ~poly).any())
+    assert "corner" not in dense_dependencies(DenseCriterion(3, (8, 16), 4, num_vertices=8), feats, targets)
