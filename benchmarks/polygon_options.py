@@ -74,9 +74,10 @@ def main() -> None:
             build_trainer(load_config(None, overrides + ROWS[name])).fit()
             seconds = time.perf_counter() - start
             (run / "wall_seconds.txt").write_text(f"{seconds:.1f}\n")
-        elif not (run / "epochs.csv").is_file():
+        elif not (run / "wall_seconds.txt").is_file():  # written when a run has finished
             continue
-        seconds = float((run / "wall_seconds.txt").read_text()) if (run / "wall_seconds.txt").is_file() else float("nan")
+        wall = run / "wall_seconds.txt"
+        seconds = float(wall.read_text()) if wall.is_file() else float("nan")
         results[name] = (last_metrics(run), seconds)
         print(f"\n{name}: done in {seconds:.0f} s", flush=True)
     print("\n" + table(results))

@@ -219,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["report", *argv]
     args = parser().parse_args(argv)
     commands = {
-        "report": print_report, "train": train, "compare": compare, "doctor": doctor, "data": data, "polygons": polygons,
+        "report": print_report, "train": train, "compare": compare, "doctor": doctor, "data": data,
+        "polygons": polygons,
     }  # fmt: skip
     try:
         return commands[args.command](args)

@@ -50,7 +50,11 @@ def test_hand_built_matches() -> None:
             "polygon_counts": torch.tensor([4, 3]),
             "labels": torch.tensor([0, 1]),
         },
-        {"polygons": torch.tensor([SQUARE + pad[:4]]), "polygon_counts": torch.tensor([4]), "labels": torch.tensor([0])},
+        {
+            "polygons": torch.tensor([SQUARE + pad[:4]]),
+            "polygon_counts": torch.tensor([4]),
+            "labels": torch.tensor([0]),
+        },
     ]
     q = polygon_quality(preds, gts, conf=0.25, tol=0.5, names=["square", "triangle"])
     by = {(m.image, m.gt_index): m for m in q.matches}

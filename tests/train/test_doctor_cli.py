@@ -25,7 +25,8 @@ def test_dominance_is_found_and_the_recommended_weights_printed(tmp_path, capsys
     # raising the cls gain 70x (0.5 -> 35): cls then takes > 90% of the gradient (of the four terms of
     # the run without the corner term)
     out_json = tmp_path / "doctor.json"
-    assert _doctor(tmp_path, "loss.weights.cls=35", "loss.polygon_corner=false", "--steps", "6", "--every", "2", "--json", str(out_json)) == 0
+    args = ("loss.weights.cls=35", "loss.polygon_corner=false", "--steps", "6", "--every", "2", "--json", str(out_json))
+    assert _doctor(tmp_path, *args) == 0
     text = capsys.readouterr().out
     assert "GRAD_DOMINANCE" in text and "gradient share per term" in text and "doctor cost" in text
     data = json.loads(out_json.read_text())

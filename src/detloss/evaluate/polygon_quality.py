@@ -3,7 +3,8 @@ many of the K predicted vertices are redundant.
 
 For every ground-truth polygon the *best match* is the prediction of its class and image, scored at least
 ``conf``, whose convex hull has the largest exact IoU with it (:func:`detloss.ops.polygon_iou`); a GT
-without such a prediction (none of its class, or none overlapping it) is *missed*, with IoU 0. The IoU quantiles of a class therefore show whether its AP is lost to
+without such a prediction (none of its class, or none overlapping it) is *missed*, with IoU 0. The IoU
+quantiles of a class therefore show whether its AP is lost to
 misses (IoU 0) or to loose shapes (IoU between 0.5 and 0.9).
 
 A predicted polygon's *corners* are the vertices of the convex hull of its K raw vertices left after
@@ -125,7 +126,8 @@ class PolygonQuality:
         rows = [head]
         for label, row in self.per_class().items():
             rows.append(f"{self.name(label):<16}" + "".join(f"{row[k]:>14.3f}" for k in keys))
-        rows.append(f"\nworst cases (image, GT index, IoU, score, GT vertices -> predicted corners), K = {self.num_vertices}:")
+        k = self.num_vertices
+        rows.append(f"\nworst cases (image, GT index, IoU, score, GT vertices -> predicted corners), K = {k}:")
         for label in sorted({m.label for m in self.matches}):
             cases = ", ".join(
                 f"({m.image}, {m.gt_index}, {m.iou:.2f}, {m.score:.2f}, {m.gt_vertices}->{m.corners})"

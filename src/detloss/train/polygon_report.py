@@ -55,7 +55,9 @@ def run_polygon_report(
     return quality, preds, gts
 
 
-def plot_worst(quality: PolygonQuality, preds: list[dict], gts: list[dict], path: str | Path, per_class: int = 4) -> Path:
+def plot_worst(
+    quality: PolygonQuality, preds: list[dict], gts: list[dict], path: str | Path, per_class: int = 4
+) -> Path:
     """The ``per_class`` lowest-IoU ground truths of each class that have a prediction (misses are in the
     table), cropped: the image, the GT polygon (green),
     the convex hull of the best prediction (red) and its K raw vertices (red dots)."""
