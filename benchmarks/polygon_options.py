@@ -11,11 +11,11 @@ and the wall time of the run.
 
 Rows (the options of the polygon loss, each on and off):
 
-* ``mgiou``        MGIoU alone (``loss.polygon_corner=false``): the default before the corner term;
-* ``mgiou+``       MGIoU plus its convexity penalty (``loss.polygon_loss=mgiou+``);
-* ``corner``       MGIoU plus the corner term (``loss.polygon_corner=true``, gain 7.5, beta 0.05);
-* ``corner x2``    the corner term's gain doubled (15);
-* ``corner+``      the corner term with ``mgiou+``.
+* ``mgiou``         MGIoU alone (``loss.polygon_corner=false``): the default before the corner term;
+* ``mgiou+``        MGIoU plus its convexity penalty (``loss.polygon_loss=mgiou+``, weight 0.1);
+* ``corner 7.5``    MGIoU plus the corner term (``loss.polygon_corner=true``, gain 7.5, beta 0.05);
+* ``corner+ 7.5``   the corner term with ``mgiou+``;
+* ``corner 15``     the corner term at gain 15: the default.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pathlib import Path
 ROWS: dict[str, list[str]] = {
     "mgiou": ["loss.polygon_corner=false"],
     "mgiou+": ["loss.polygon_corner=false", "loss.polygon_loss=mgiou+"],
-    "corner": ["loss.polygon_corner=true"],
-    "corner x2": ["loss.polygon_corner=true", "loss.weights.corner=15"],
-    "corner+": ["loss.polygon_corner=true", "loss.polygon_loss=mgiou+"],
+    "corner 7.5": ["loss.polygon_corner=true", "loss.weights.corner=7.5"],
+    "corner+ 7.5": ["loss.polygon_corner=true", "loss.weights.corner=7.5", "loss.polygon_loss=mgiou+"],
+    "corner 15": ["loss.polygon_corner=true", "loss.weights.corner=15"],
 }
 COLUMNS = ("map", "map50", "map75", "poly_map", "poly_map50", "poly_map75")
 
@@ -67,7 +67,7 @@ def main() -> None:
 
     results = {}
     for name in args.only or list(ROWS):
-        run = Path(args.out) / name.replace(" ", "_").replace("+", "plus")
+        run = Path(args.out) / name.replace(" ", "_").replace("+", "plus").replace(".", "_")
         if not args.from_runs:
             overrides = [f"out_dir={run}", f"epochs={args.epochs}", f"threads={args.threads}", "eval.plots=false"]
             start = time.perf_counter()
