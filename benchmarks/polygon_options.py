@@ -13,9 +13,9 @@ Rows (the options of the polygon loss, each on and off):
 
 * ``mgiou``         MGIoU alone (``loss.polygon_corner=false``): the default before the corner term;
 * ``mgiou+``        MGIoU plus its convexity penalty (``loss.polygon_loss=mgiou+``, weight 0.1);
-* ``corner 7.5``    MGIoU plus the corner term (``loss.polygon_corner=true``, gain 7.5, beta 0.05);
+* ``corner 7.5``    MGIoU plus the corner term (``loss.polygon_corner=true``, gain 7.5, beta 0.05): the default;
 * ``corner+ 7.5``   the corner term with ``mgiou+``;
-* ``corner 15``     the corner term at gain 15: the default.
+* ``corner 15``     the corner term at gain 15.
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def test_dense_criterion_reports_the_corner_term() -> None:
     report = crit(feats, targets)
     assert list(report) == ["box", "cls", "dfl", "poly", "corner"]
     term = report["corner"]
-    assert term.normalizer_name == "target_sum" and term.weight == 15.0
+    assert term.normalizer_name == "target_sum" and term.weight == 7.5
     t = crit.assign(feats, targets)
     offsets = crit.layout.vertices(crit._split(feats).gather(crit._split(feats).poly, t.image, t.anchor))
     el = corner_loss(t.points[:, None] + offsets, t.polygons, target_valid=t.polygon_valid)

@@ -38,9 +38,9 @@ BACKGROUND_PENALTIES = ("max", "focal")
 #: Defaults: YOLOv8's gains and its positive-mass normalizer for box, cls and dfl (so the gains
 #: people have tuned keep their meaning), but no ``* batch_size`` on the total, and counts reduced
 #: across ranks. ``bg`` is the mean over background anchors (``mean``): a per-anchor penalty whose
-#: scale does not grow with the image size or the number of anchors. ``corner``: 15 measured best of 7.5
-#: and 15 on the default shapes run (benchmarks/polygon_options.py).
-DEFAULT_WEIGHTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "poly": 7.5, "corner": 15.0, "bg": 1.0}
+#: scale does not grow with the image size or the number of anchors. ``corner``: 7.5; 15 gave more polygon
+#: AP on the default shapes run (benchmarks/polygon_options.py) but halved box AP50 on a short 128 px run.
+DEFAULT_WEIGHTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "poly": 7.5, "corner": 7.5, "bg": 1.0}
 DEFAULT_NORMALIZERS = {
     "box": "target_sum",
     "cls": "target_sum",
