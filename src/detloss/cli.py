@@ -2,6 +2,7 @@
 
     detloss train [--config run.yaml] [key.sub=value ...]   # train on the built-in shapes by default
     detloss compare RUN_A RUN_B [RUN ...]                   # overlay runs: figure and table
+    detloss polygons RUN_DIR [--conf 0.25] [--tol 1] [--plot 4]  # per-class polygon IoU, redundant vertices
     detloss doctor [--config run.yaml] [key.sub=value ...] [--steps 50] [--json out.json] [--run RUN]
     detloss report [--preset ultralytics] [--normalizer cls=mean] [--polygons 8] [--bg max]
     detloss                                                 # same as `detloss report`
@@ -81,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("dataset", choices=["neon-trees"], help="neon-trees: NEON aerial tree crowns (deepforest wheel)")
     data.add_argument("out", metavar="DIR", help="folder to write (train/ and val/)")
     data.add_argument("--wheel", default=None, help="a downloaded deepforest-2.1.0 wheel (default: pip download it)")
+    polygons = sub.add_parser("polygons", help="polygon quality of a finished run: per-class IoU, redundant vertices")
+    polygons.add_argument("run", metavar="RUN_DIR", help="a dense run with a polygon branch (config.yaml, last.pt)")
+    polygons.add_argument("--conf", type=float, default=None, help="score threshold (default: the run's eval.conf)")
+    polygons.add_argument("--tol", type=float, default=1.0, help="px: coincident / collinear vertices (default 1)")
+    polygons.add_argument("--worst", type=int, default=3, help="worst cases listed per class (default 3)")
+    polygons.add_argument("--plot", type=int, default=4, metavar="N", help="plot the N worst per class (0: no plot)")
     compare = sub.add_parser("compare", help="overlay two runs or more")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="two runs or more")
     compare.add_argument("--out", default=None, help="folder for the figure (default: the first run)")
@@ -186,6 +193,18 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def polygons(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from detloss.train.polygon_report import plot_worst, run_polygon_report
+
+    quality, preds, gts = run_polygon_report(args.run, conf=args.conf, tol=args.tol)
+    print(quality.table(worst=args.worst))
+    if args.plot:
+        print(f"\nfigure: {plot_worst(quality, preds, gts, Path(args.run) / 'polygons.png', args.plot)}")
+    return 0
+
+
 def data(args: argparse.Namespace) -> int:
     from detloss.data.neon_trees import write_neon_trees
 
@@ -199,7 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["report", *argv]
     args = parser().parse_args(argv)
-    commands = {"report": print_report, "train": train, "compare": compare, "doctor": doctor, "data": data}
+    commands = {
+        "report": print_report, "train": train, "compare": compare, "doctor": doctor, "data": data,
+        "polygons": polygons,
+    }  # fmt: skip
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as err:

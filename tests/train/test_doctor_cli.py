@@ -22,9 +22,11 @@ def _doctor(tmp_path, *args: str) -> int:
 
 
 def test_dominance_is_found_and_the_recommended_weights_printed(tmp_path, capsys):
-    # raising the cls gain 70x (0.5 -> 35): cls then takes > 90% of the gradient
+    # raising the cls gain 70x (0.5 -> 35): cls then takes > 90% of the gradient (of the four terms of
+    # the run without the corner term)
     out_json = tmp_path / "doctor.json"
-    assert _doctor(tmp_path, "loss.weights.cls=35", "--steps", "6", "--every", "2", "--json", str(out_json)) == 0
+    args = ("loss.weights.cls=35", "loss.polygon_corner=false", "--steps", "6", "--every", "2", "--json", str(out_json))
+    assert _doctor(tmp_path, *args) == 0
     text = capsys.readouterr().out
     assert "GRAD_DOMINANCE" in text and "gradient share per term" in text and "doctor cost" in text
     data = json.loads(out_json.read_text())
@@ -60,6 +62,20 @@ def test_dominance_is_found_and_the_recommended_weights_printed(tmp_path, capsys
     again = json.loads((tmp_path / "again.json").read_text())
     (dom2,) = [f for f in again["findings"] if f["code"] == "GRAD_DOMINANCE"]
     assert dom2["term"] == d and dom2["numbers"][f"{d}/grad_norm"] == pytest.approx(n[f"{d}/grad_norm"])
+
+
+def test_the_default_run_accounts_the_corner_term(tmp_path, capsys):
+    """The harness's default loss has the ``corner`` term: the doctor gives it a row (value, normalizer,
+    gradient norm, share) and a share in every measurement."""
+    out_json = tmp_path / "doctor.json"
+    assert _doctor(tmp_path, "--steps", "2", "--every", "1", "--no-eval", "--json", str(out_json)) == 0
+    text = capsys.readouterr().out
+    assert "\ncorner " in text
+    data = json.loads(out_json.read_text())
+    assert set(data["account"]) == {*TERMS, "corner"}
+    corner = data["account"]["corner"]
+    assert corner["normalizer"].endswith("(target_sum)") or "target_sum" in str(corner["normalizer"])
+    assert corner["grad_norm"] > 0 and 0 < corner["grad_share"] < 1
 
 
 def test_nan_at_step_k_is_reported_with_step_and_term_and_exits_1(tmp_path, capsys, monkeypatch):

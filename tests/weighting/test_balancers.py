@@ -220,4 +220,4 @@ def test_resume_with_a_balancer_continues_exactly(tmp_path: Path, balance):
     if "doctor.every_steps=2" in balance:
         doctor = read_csv(tmp_path / "a" / "doctor.csv")
         assert [r["step"] for r in doctor] == [1, 3, 5] and all(r["seconds"] > 0 for r in doctor)
-        assert sum(doctor[0][f"{t}/grad_share"] for t in ("box", "cls", "dfl", "poly")) == pytest.approx(1.0)
+        assert sum(doctor[0][f"{t}/grad_share"] for t in ("box", "cls", "dfl", "poly", "corner")) == pytest.approx(1.0)

@@ -19,6 +19,7 @@ from detloss.functional.background import focal_background, max_score_penalty
 from detloss.functional.dfl import distribution_focal
 from detloss.functional.iou import iou_loss
 from detloss.functional.polygon import mgiou_loss
+from detloss.functional.polygon_corner import corner_loss
 from detloss.functional.regression import l1, mse
 from detloss.functional.sparse_bce import bce_with_sparse_targets
 from detloss.core.normalize import denominators
@@ -37,13 +38,15 @@ BACKGROUND_PENALTIES = ("max", "focal")
 #: Defaults: YOLOv8's gains and its positive-mass normalizer for box, cls and dfl (so the gains
 #: people have tuned keep their meaning), but no ``* batch_size`` on the total, and counts reduced
 #: across ranks. ``bg`` is the mean over background anchors (``mean``): a per-anchor penalty whose
-#: scale does not grow with the image size or the number of anchors.
-DEFAULT_WEIGHTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "poly": 7.5, "bg": 1.0}
+#: scale does not grow with the image size or the number of anchors. ``corner``: 7.5; 15 gave more polygon
+#: AP on the default shapes run (benchmarks/polygon_options.py) but halved box AP50 on a short 128 px run.
+DEFAULT_WEIGHTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "poly": 7.5, "corner": 7.5, "bg": 1.0}
 DEFAULT_NORMALIZERS = {
     "box": "target_sum",
     "cls": "target_sum",
     "dfl": "target_sum",
     "poly": "target_sum",
+    "corner": "target_sum",
     "bg": "mean",
 }
 
@@ -122,6 +125,11 @@ class DenseCriterion(TermCriterion):
         num_vertices: K > 0 adds a polygon branch: ``2K`` channels after the class channels, vertex
             offsets from the anchor point in stride units, and a ``poly`` term.
         polygon_loss: ``"mgiou"``, ``"mgiou+"`` (with convexity regularizer), ``"l1"`` or ``"l2"``.
+        polygon_corner: with a polygon branch, add a ``corner`` term
+            (:func:`~detloss.functional.polygon_corner.corner_loss`: each target corner pulled to its
+            nearest predicted vertex, each predicted vertex to the target's boundary), so the convex
+            hull of the K predicted vertices can be a polygon with fewer corners; ``corner_beta`` its
+            Huber knee (fraction of the object's box diagonal).
         image_size: ``(h, w)`` in pixels; default: first level's size times its stride.
 
     Shapes:
@@ -166,6 +174,8 @@ class DenseCriterion(TermCriterion):
         num_vertices: int = 0,
         polygon_loss: str = "mgiou",
         convexity_weight: float = 0.1,
+        polygon_corner: bool = False,
+        corner_beta: float = 0.05,
         image_size: tuple[int, int] | None = None,
         max_assign_pairs: int | None = None,
     ) -> None:
@@ -194,13 +204,18 @@ class DenseCriterion(TermCriterion):
         self.layout = HeadLayout(reg_max, num_classes, num_vertices)
         self.polygon_loss = polygon_loss
         self.convexity_weight = convexity_weight
+        if not corner_beta > 0:
+            raise ValueError(f"corner_beta must be > 0, got {corner_beta!r}")
+        self.polygon_corner = bool(polygon_corner and num_vertices)
+        self.corner_beta = corner_beta
         self.image_size = image_size
         self.assigner = TaskAlignedAssigner(
             num_classes, topk=topk, alpha=alpha, beta=beta, min_candidate_size=min_candidate_size,
             max_pairs=max_assign_pairs,
         )  # fmt: skip
 
-        terms = ["box", "cls", "dfl"] + (["poly"] if num_vertices else []) + (["bg"] if background else [])
+        terms = ["box", "cls", "dfl"] + (["poly"] if num_vertices else []) + (["corner"] if self.polygon_corner else [])
+        terms += ["bg"] if background else []
         self.setup_terms(terms, DEFAULT_WEIGHTS, DEFAULT_NORMALIZERS, weights, normalizers)
         cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         if cw is not None and cw.shape != (num_classes,):
@@ -270,10 +285,16 @@ class DenseCriterion(TermCriterion):
         )
         if self.num_vertices:
             offsets = self.layout.vertices(head.gather(head.poly, t.image, t.anchor).float())  # (P, K, 2)
-            poly_el = self._polygon_elements(t.points[:, None, :] + offsets, t.polygons, t.polygon_valid)
+            pred_poly = t.points[:, None, :] + offsets
+            poly_el = self._polygon_elements(pred_poly, t.polygons, t.polygon_valid)
             terms["poly"] = self._term(
                 "poly", poly_el, denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=head.poly[0]
             )
+            if self.polygon_corner:
+                corner_el = corner_loss(pred_poly, t.polygons, target_valid=t.polygon_valid, beta=self.corner_beta)
+                terms["corner"] = self._term(
+                    "corner", corner_el, denom, gains=gains, weights=t.weight, num_pos=num_pos, anchor=head.poly[0]
+                )
         if self.background is not None:
             negative = ~fg if ignore is None else ~(fg | ignore)
             terms["bg"] = self._term(
@@ -360,7 +381,7 @@ class DenseCriterion(TermCriterion):
             "num_cells": float(a),
         }
         counts: dict[str, dict[str, Tensor | float]] = {"*": shared, "cls": {"num_elements": (b * a - num_ignored) * c}}
-        for term in ("box", "dfl", "poly"):
+        for term in ("box", "dfl", "poly", "corner"):
             counts[term] = {"num_elements": num_pos}
         counts["bg"] = {"num_elements": b * a - num_pos - num_ignored}
         return counts

@@ -112,6 +112,8 @@ def dense_dependencies(
         - ``poly``: the ``2K`` polygon channels of the positives (MGIoU uses all K predicted vertices);
           with ``polygon_loss="l1"`` / ``"l2"``, only the channels of the vertices valid in the
           assigned target (the only vertices those losses compare);
+        - ``corner``: the ``2K`` polygon channels of the positives (every predicted vertex is a candidate
+          corner and is pulled to the target's boundary);
         - ``bg``: for ``kind="focal"`` every class channel of the background anchors; for
           ``kind="max"`` the channel of the top class of each background anchor (the max selects one
           logit per anchor, so the other channels are unused by construction, not dead). Then ``dead``
@@ -160,6 +162,11 @@ def dense_dependencies(
             for m, f in zip(pm, weighted_levels, strict=True):
                 m[:, poly] = f[:, None, :]
         out["poly"] = pm
+        if getattr(crit, "polygon_corner", False):  # all K predicted vertices of the weighted positives
+            cm = empty()
+            for m, f in zip(cm, weighted_levels, strict=True):
+                m[:, poly] = f[:, None, :]
+            out["corner"] = cm
     if crit.background is not None:
         bgm = empty()
         for m, f, feat in zip(bgm, fg_levels, feats, strict=True):

