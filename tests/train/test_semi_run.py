@@ -155,6 +155,9 @@ def test_geometric_views_and_soft_targets_stay_finite_without_pseudo_boxes(tmp_p
     assert semi[0]["u_soft/weight"] == 0 and semi[-1]["u_soft/weight"] == pytest.approx(2 / 3)  # the ramp
     assert all(r["semi/teacher_decay"] == pytest.approx(min(0.9, 1 - 1 / (i + 2))) for i, r in enumerate(semi))
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    epochs = read_csv(tmp_path / "epochs.csv")
+    assert math.isnan(epochs[0].get("semi/teacher_decay", math.nan))  # no teacher during burn-in
+    assert epochs[-1]["semi/teacher_decay"] == pytest.approx(min(0.9, 1 - 1 / (3 + 2)))  # after 3 updates
 
 
 def test_soft_targets_and_a_scale_crop_do_not_mix(tmp_path):

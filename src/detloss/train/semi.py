@@ -24,8 +24,8 @@ the unlabelled images left without any pseudo-box (``pseudo/empty_images``), the
 anchors ignored (``pseudo/ignored_anchors``),
 the pseudo-labels' precision/recall against the hidden labels of the unlabelled images
 (``pseudo/precision``, ``pseudo/recall``; class-agnostic: ``pseudo/box_precision``, ``pseudo/box_recall``)
-and ``semi/unsup_weight``; per epoch the pseudo-labels'
-precision/recall over the epoch and, at evaluation, the student's metrics as ``val/student/*`` beside the
+``semi/unsup_weight`` and ``semi/teacher_decay`` (the EMA decay of the next teacher update, its ramp
+included); per epoch the pseudo-labels' precision/recall over the epoch, the teacher's decay and, at evaluation, the student's metrics as ``val/student/*`` beside the
 teacher's ``val/*``.
 
 Under ``torchrun`` each rank takes its slice of every global unlabelled batch, as for the labelled one;
@@ -323,6 +323,8 @@ class SemiTrainer(Trainer):
                 row[prefix + "recall"] = tp / (tp + fn) if tp + fn else float("nan")
         if row:
             row["pseudo/kept"] = c["pseudo/tp"] + c["pseudo/fp"]
+        if self.teacher is not None:  # the decay the next EMA update uses (the ramp's value at the end)
+            row["semi/teacher_decay"] = self._teacher_decay
         self._epoch_counts = dict.fromkeys(c, 0.0)
         return row
 
