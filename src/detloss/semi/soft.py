@@ -33,10 +33,10 @@ def dense_soft_targets(teacher_scores: Tensor, topk: int) -> tuple[Tensor, Tenso
     image's ``min(topk, A)`` anchors of highest best-class score keep their scores, the rest are 0 (ties:
     :func:`torch.topk`'s order).
 
-    >>> s = torch.tensor([[[0.9, 0.1], [0.2, 0.3], [0.05, 0.0]]])
+    >>> s = torch.tensor([[[0.5, 0.25], [0.25, 0.75], [0.125, 0.0]]])
     >>> t, sel = dense_soft_targets(s, 2)
     >>> t[0].tolist(), sel[0].tolist()
-    ([[0.8999999761581543, 0.10000000149011612], [0.20000000298023224, 0.30000001192092896], [0.0, 0.0]], [True, True, False])
+    ([[0.5, 0.25], [0.25, 0.75], [0.0, 0.0]], [True, True, False])
     """
     if teacher_scores.dim() != 3:
         raise ValueError(f"teacher_scores must have shape (B, A, C), got {tuple(teacher_scores.shape)}")

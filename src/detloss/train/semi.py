@@ -6,7 +6,10 @@ step adds an unlabelled batch:
 
 1. the teacher sees the weak view (the flip the labelled images get) and its detections go through NMS and
    then ``semi.filters`` in order (:mod:`detloss.semi.filters`): the pseudo-labels;
-2. the student sees the strong view (:func:`~detloss.semi.augment.strong_photometric`, same geometry) and
+2. the student sees the strong view: the geometric one of ``semi.geometric``
+   (:mod:`detloss.semi.views`: flips, quarter turns, a scale-crop; off by default), which moves the
+   pseudo-boxes, their polygons, the ignore band and the teacher's dense scores with the image, then
+   :func:`~detloss.semi.augment.strong_photometric`. It
    is trained towards the pseudo-labels by a second :class:`DenseCriterion` whose terms are reported as
    ``u_box``, ``u_cls``, ``u_dfl`` (weight ``loss.weights`` x the ramped ``semi.unsup_weight``) and the
    background penalty ``u_bg`` (its own ``lambda_bg`` schedule: zero during burn-in, then warm-up); both
@@ -16,7 +19,10 @@ step adds an unlabelled batch:
    and training the objects it dropped as background teaches the student, then the teacher through the
    EMA, to miss them, until no pseudo-box is left (a collapse of the pseudo-labels; measured in the README).
    An unlabelled image without pseudo-boxes is otherwise all background: its anchors get the ``cls``
-   zero target and the ``bg`` penalty, and every normalizer is floored, so the terms stay finite;
+   zero target and the ``bg`` penalty, and every normalizer is floored, so the terms stay finite.
+   With ``semi.soft`` the student's class logits also regress the teacher's sigmoid scores on the
+   teacher's ``topk`` anchors per image (0 on the others, ignored anchors left out), ``u_soft``
+   (:mod:`detloss.semi.soft`, its own named normalizer), ramped like the other unlabelled terms;
 3. after the optimizer step the teacher is updated as an EMA of the student.
 
 Logged per step: the filter statistics (``pseudo/kept_per_image``, per class, scores, adaptive thresholds),
