@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from shapely.geometry import Polygon
 
 from detloss.data.transforms import reverse_valid_vertices
@@ -95,3 +97,38 @@ def test_draws_depend_on_the_seed_alone_and_bad_options_raise():
         draw_view(torch.Generator(), (8, 16), rot90=0.5)
     with pytest.raises(ValueError, match="hflip"):
         draw_view(torch.Generator(), (8, 8), hflip=1.5)
+
+
+def _point_map(view: GeometricView, pts: torch.Tensor, h: float, w: float) -> torch.Tensor:
+    """The view's closed-form map of points ``(n, 2)`` (no crop), written out independently."""
+    x, y = pts[:, 0].double(), pts[:, 1].double()
+    if view.hflip:
+        x = w - x
+    if view.vflip:
+        y = h - y
+    for _ in range(view.turns % 4):
+        x, y, h, w = y, w - x, w, h
+    return torch.stack((x, y), -1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hw=st.sampled_from([(1, 1), (8, 8), (5000, 5000)]),
+    box=st.tuples(*[st.floats(0.0, 1.0)] * 4),
+    flips=st.tuples(st.booleans(), st.booleans()),
+    turns=st.integers(0, 3),
+)
+def test_views_move_boxes_like_their_corners(hw, box, flips, turns):
+    """Degenerate (zero width), tiny and huge boxes: the moved box is the bounds of the moved corners, its
+    area is kept, and it stays inside the image."""
+    h, w = hw
+    x1, x2 = sorted((box[0] * w, box[2] * w))
+    y1, y2 = sorted((box[1] * h, box[3] * h))
+    view = GeometricView(hflip=flips[0], vflip=flips[1], turns=turns)
+    b = torch.tensor([[x1, y1, x2, y2]], dtype=torch.float64)
+    out = view.apply({"image": torch.zeros(1, h, w), "boxes": b})["boxes"][0]
+    corners = _point_map(view, torch.tensor([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=torch.float64), h, w)
+    expected = torch.cat((corners.min(0).values, corners.max(0).values))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-9 * max(h, w))
+    assert float((out[2] - out[0]) * (out[3] - out[1])) == pytest.approx((x2 - x1) * (y2 - y1), abs=1e-6 * h * w)
+    assert 0 <= float(out.min()) and float(out.max()) <= max(h, w)
