@@ -62,7 +62,9 @@ def train(name: str, fraction: float, seed: int, out: Path, threads: int) -> flo
            f"seed={seed}", f"data.labelled_fraction={frac}", f"threads={threads}", f"out_dir={path}"]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src")}
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "train.log", "w") as log:  # the progress bars and the final metrics
+        subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     (path / "wall_seconds.txt").write_text(f"{seconds:.1f}\n")
     return seconds
@@ -92,7 +94,7 @@ def summary(path: Path) -> dict[str, float]:
     if not evaluated:
         return {}
     last = evaluated[-1]
-    semi = [r for r in rows if math.isfinite(r.get("semi/teacher_decay", nan))]
+    semi = [r for r in rows if math.isfinite(r.get("pseudo/kept", nan))]  # epochs with a teacher
     wall = path / "wall_seconds.txt"
     return {
         "ap50": last["val/map50"],
@@ -102,7 +104,7 @@ def summary(path: Path) -> dict[str, float]:
         "student": last.get("val/student/map50", nan),
         "pseudo_p": rows[-1].get("pseudo/precision", nan),
         "pseudo_r": rows[-1].get("pseudo/recall", nan),
-        "min_kept": min((r.get("pseudo/kept", 0.0) for r in semi), default=nan),
+        "min_kept": min((r["pseudo/kept"] for r in semi), default=nan),
         "wall": float(wall.read_text()) if wall.exists() else nan,
     }
 
