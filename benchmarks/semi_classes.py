@@ -4,9 +4,12 @@ the hidden labels at IoU >= 0.5 whatever their class, as a confusion of colour (
 and class accuracy per score band.
 
     PYTHONPATH=src python benchmarks/semi_classes.py RUN_DIR [--weights ema|model|teacher] [--images 400]
+                                                     [--fraction 0.1]
 
 ``RUN_DIR`` is a finished ``detloss train`` run on the shapes data (its ``config.yaml`` and ``last.pt``);
-``--weights`` picks the checkpoint's EMA (default when present), raw student or teacher weights.
+``--weights`` picks the checkpoint's EMA (default when present), raw student or teacher weights;
+``--fraction`` the ``data.labelled_fraction`` whose unlabelled images are checked (default: the run's; set it
+for a run trained on every image, so that it is checked on the same images as a 10% run).
 Labels are ``2 * shape_group + colour_group`` (:mod:`detloss.data.shapes`).
 """
 
@@ -22,7 +25,7 @@ from detloss.evaluate.coco import coco_box_iou
 from detloss.evaluate.decode import decode_dense
 from detloss.semi.augment import strong_photometric
 from detloss.train.build import build_trainer
-from detloss.train.config import load_config
+from detloss.train.config import StrongAugConfig, load_config
 from detloss.train.data import load_sample
 
 
@@ -48,9 +51,12 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--weights", choices=["ema", "model", "teacher"], default=None)
     parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--fraction", type=float, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = load_config(str(args.run / "config.yaml"), [f"out_dir={args.run / 'class_check'}"])
+    overrides = [f"out_dir={args.run / 'class_check'}"]
+    overrides += [] if args.fraction is None else [f"data.labelled_fraction={args.fraction}"]
+    cfg = load_config(str(args.run / "config.yaml"), overrides)
     trainer = build_trainer(cfg)
     state = torch.load(args.run / "last.pt", weights_only=False)
     key = args.weights or ("ema" if state.get("ema") is not None else "model")
@@ -58,14 +64,18 @@ def main() -> None:
     model = trainer.model
     model.load_state_dict(weights)
     model.eval()
-    images_set = trainer.unlabelled_set or trainer.val_set
+    images_set = trainer.unlabelled_set
+    if not images_set:
+        raise ValueError("the run has no unlabelled images: pass --fraction below 1")
+    strong = (cfg.semi.strong if cfg.semi is not None else StrongAugConfig()).model_dump()
     for view in ("weak", "strong"):
         rows = []
-        for start in range(0, args.images, 16):
-            samples = [load_sample(images_set, i, 0, 1, False) for i in range(start, start + 16)]
+        for start in range(0, min(args.images, len(images_set)), 16):
+            stop = min(start + 16, args.images, len(images_set))
+            samples = [load_sample(images_set, i, 0, 1, False) for i in range(start, stop)]
             images, _ = collate(samples)
             if view == "strong":
-                images = strong_photometric(images, torch.Generator().manual_seed(start), **cfg.semi.strong.model_dump())
+                images = strong_photometric(images, torch.Generator().manual_seed(start), **strong)
             rows += matched(model, cfg, trainer.num_classes, samples, images, 0.1)
         t = torch.tensor([(r[1], r[2]) for r in rows])
         scores = torch.tensor([r[0] for r in rows])
