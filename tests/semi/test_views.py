@@ -126,7 +126,7 @@ def test_views_move_boxes_like_their_corners(hw, box, flips, turns):
     y1, y2 = sorted((box[1] * h, box[3] * h))
     view = GeometricView(hflip=flips[0], vflip=flips[1], turns=turns)
     b = torch.tensor([[x1, y1, x2, y2]], dtype=torch.float64)
-    out = view.apply({"image": torch.zeros(1, h, w), "boxes": b})["boxes"][0]
+    out = view.apply({"image": torch.zeros(0, h, w), "boxes": b})["boxes"][0]  # no channels: only its size
     corners = _point_map(view, torch.tensor([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=torch.float64), h, w)
     expected = torch.cat((corners.min(0).values, corners.max(0).values))
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-9 * max(h, w))

@@ -160,6 +160,10 @@ def test_geometric_views_and_soft_targets_stay_finite_without_pseudo_boxes(tmp_p
     assert epochs[-1]["semi/teacher_decay"] == pytest.approx(min(0.9, 1 - 1 / (3 + 2)))  # after 3 updates
 
 
-def test_soft_targets_and_a_scale_crop_do_not_mix(tmp_path):
+def test_scale_crop_views_train_on_the_moved_pseudo_boxes_and_do_not_mix_with_soft_targets(tmp_path):
+    crop = "semi.geometric={hflip: 0.5, rot90: 0.5, scale_jitter: 0.3}"
+    build_trainer(load_config(None, [*SEMI, KEEP_ALL, crop, f"out_dir={tmp_path}", "max_steps=5"])).fit()
+    semi = read_csv(tmp_path / "steps.csv")[3:]
+    assert all(r["u_box/num_pos"] > 0 and math.isfinite(r["u_box"]) and math.isfinite(r["u_cls"]) for r in semi)
     with pytest.raises(ValueError, match="scale_jitter"):
         load_config(None, [*SEMI, "semi.soft={topk: 5}", "semi.geometric={scale_jitter: 0.2}"])
