@@ -24,8 +24,14 @@ DDP_SEMI = [
 ]  # fmt: skip
 
 
-def _semi_steps(rank: int, world: int, out: str) -> dict[str, dict[str, torch.Tensor]]:
-    trainer = build_trainer(load_config(None, [*DDP_SEMI, f"out_dir={out}"]))
+#: The student's geometric strong views (flips, quarter turns) and the dense soft class term.
+STRONGER = [
+    "semi.geometric={hflip: 0.5, vflip: 0.5, rot90: 0.5}", "semi.soft={topk: 5, weight: 1.0}",
+]  # fmt: skip
+
+
+def _semi_steps(rank: int, world: int, out: str, extra: tuple[str, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
+    trainer = build_trainer(load_config(None, [*DDP_SEMI, *extra, f"out_dir={out}"]))
     batches = trainer.batches(0)
     kept = []
     for _ in range(2):
@@ -39,12 +45,13 @@ def _semi_steps(rank: int, world: int, out: str) -> dict[str, dict[str, torch.Te
     }
 
 
-def test_two_processes_take_the_same_semi_supervised_steps_as_one(tmp_path):
+@pytest.mark.parametrize("extra", [(), tuple(STRONGER)], ids=["photometric", "soft+geometric"])
+def test_two_processes_take_the_same_semi_supervised_steps_as_one(tmp_path, extra):
     torch.set_num_threads(1)
-    single = _semi_steps(0, 1, str(tmp_path / "single"))
+    single = _semi_steps(0, 1, str(tmp_path / "single"), extra)
     assert (single["kept"]["k"] > 0).all()  # pseudo-boxes on both steps: the unlabelled box terms train
     assert (single["thresholds"]["t"] > 0.01).all()  # moved from 0.002 by the candidates' mean score
-    per_rank = spawn_gloo(_semi_steps, 2, str(tmp_path / "ddp"))
+    per_rank = spawn_gloo(_semi_steps, 2, str(tmp_path / "ddp"), extra)
     for result in per_rank:
         for part in ("student", "teacher", "thresholds"):
             for key, value in single[part].items():

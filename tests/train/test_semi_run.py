@@ -135,3 +135,35 @@ def test_teacher_finds_more_true_pseudo_boxes_as_it_learns(tmp_path):
     # precision is too noisy to rank (0.36, 0.47, none); what rises is how many true boxes it finds.
     assert tp_later >= 2 * tp_first + 10 and tp_later / kept_later >= 0.3, (tp_first, tp_later, kept_later)
     assert semi[-1]["pseudo/recall"] > semi[0]["pseudo/recall"]
+
+
+#: The student's geometric strong view and the dense soft class term on.
+STRONGER = "semi.geometric={hflip: 0.5, vflip: 0.5, rot90: 0.5}", "semi.soft={topk: 5, weight: 1.0}"
+
+
+def test_geometric_views_and_soft_targets_stay_finite_without_pseudo_boxes(tmp_path):
+    # candidate_conf 0.99: an untrained teacher yields no pseudo-box at all, every image is background
+    run = [*SEMI, *STRONGER, "semi.candidate_conf=0.99", f"out_dir={tmp_path}", "max_steps=6"]
+    trainer = build_trainer(load_config(None, run))
+    trainer.fit()
+    semi = read_csv(tmp_path / "steps.csv")[3:]
+    assert all(r["pseudo/kept_per_image"] == 0 and r["pseudo/empty_images"] == 4 for r in semi)
+    terms = ["u_box", "u_cls", "u_dfl", "u_bg", "u_soft"]
+    assert all(math.isfinite(r[t]) for r in semi for t in terms)
+    # the teacher's scores are targets on its top 5 anchors per image even without pseudo-boxes
+    assert all(r["u_soft/num_pos"] == 4 * 5 and r["u_soft/normalizer"] > 0 for r in semi)
+    assert semi[0]["u_soft/weight"] == 0 and semi[-1]["u_soft/weight"] == pytest.approx(2 / 3)  # the ramp
+    assert all(r["semi/teacher_decay"] == pytest.approx(min(0.9, 1 - 1 / (i + 2))) for i, r in enumerate(semi))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    epochs = read_csv(tmp_path / "epochs.csv")
+    assert math.isnan(epochs[0].get("semi/teacher_decay", math.nan))  # no teacher during burn-in
+    assert epochs[-1]["semi/teacher_decay"] == pytest.approx(min(0.9, 1 - 1 / (3 + 2)))  # after 3 updates
+
+
+def test_scale_crop_views_train_on_the_moved_pseudo_boxes_and_do_not_mix_with_soft_targets(tmp_path):
+    crop = "semi.geometric={hflip: 0.5, rot90: 0.5, scale_jitter: 0.3}"
+    build_trainer(load_config(None, [*SEMI, KEEP_ALL, crop, f"out_dir={tmp_path}", "max_steps=5"])).fit()
+    semi = read_csv(tmp_path / "steps.csv")[3:]
+    assert all(r["u_box/num_pos"] > 0 and math.isfinite(r["u_box"]) and math.isfinite(r["u_cls"]) for r in semi)
+    with pytest.raises(ValueError, match="scale_jitter"):
+        load_config(None, [*SEMI, "semi.soft={topk: 5}", "semi.geometric={scale_jitter: 0.2}"])

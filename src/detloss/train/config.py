@@ -292,6 +292,28 @@ class StrongAugConfig(_Strict):
     cutout_size: float = Field(0.15, ge=0, le=1)  # patch side, fraction of the image side
 
 
+class GeometricViewConfig(_Strict):
+    """The student's geometric strong view of unlabelled images (:mod:`detloss.semi.views`), before the
+    photometric one; the pseudo-boxes, polygons and the teacher's dense scores are moved exactly."""
+
+    hflip: float = Field(0.0, ge=0, le=1)  # probabilities
+    vflip: float = Field(0.0, ge=0, le=1)
+    rot90: float = Field(0.0, ge=0, le=1)  # a quarter turn k in 1..3 (square images)
+    scale_jitter: float = Field(0.0, ge=0, lt=1)  # scale in [1 - a, 1 + a] and a random window; not with `soft`
+    min_visible: float = Field(0.25, ge=0, le=1)  # a cropped pseudo-box keeps at least this part, or is dropped
+
+
+class SoftTargetConfig(_Strict):
+    """Dense soft class targets on unlabelled images (:mod:`detloss.semi.soft`), the ``u_soft`` term: the
+    student's class logits regress the teacher's sigmoid scores on its ``topk`` anchors per image, and 0
+    on the others, with a quality focal loss."""
+
+    weight: float = Field(1.0, ge=0)  # gain; ramped like the other unlabelled terms (semi.unsup_weight)
+    topk: int = Field(10, ge=1)  # anchors per image the teacher ranks highest (best class score)
+    beta: float = Field(2.0, ge=0)
+    normalizer: str = "target_sum"  # target_sum: the teacher's score mass on the selected anchors
+
+
 class SemiConfig(_Strict):
     """Teacher-student training (:mod:`detloss.train.semi`) on ``data.labelled_fraction`` of the training
     images with the rest unlabelled. Epochs count passes over the labelled images."""
@@ -320,6 +342,14 @@ class SemiConfig(_Strict):
     )
     strong: StrongAugConfig = Field(default_factory=StrongAugConfig)
     quality_iou: float = Field(0.5, gt=0, le=1)  # pseudo-label precision/recall against the hidden labels
+    geometric: GeometricViewConfig = Field(default_factory=GeometricViewConfig)  # off by default
+    soft: SoftTargetConfig | None = None  # dense soft class targets (u_soft); None: off
+
+    @model_validator(mode="after")
+    def _soft_needs_grid_views(self):
+        if self.soft is not None and self.geometric.scale_jitter > 0:
+            raise ValueError("semi.soft needs semi.geometric.scale_jitter=0 (a crop does not map the anchor grid)")
+        return self
 
 
 class TrainConfig(_Strict):

@@ -98,11 +98,12 @@ def plot_predictions(run: Path, images: torch.Tensor, preds: list[dict], conf: f
 
 def plot_pseudo_labels(run: Path) -> Path:
     """A teacher-student run per epoch: the pseudo-labels' precision and recall against the hidden labels
-    (class-aware, and class-agnostic dashed), how many were kept, and teacher vs student AP50:
+    (class-aware, and class-agnostic dashed), how many were kept, teacher vs student AP50 with the
+    pseudo-labels' class-aware precision/recall, and the teacher's EMA decay (its ramp):
     ``run/pseudo_labels.png``. Whether the filters help is read off the first panel."""
     plt = _pyplot()
     epochs = read_csv(run / "epochs.csv")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for what, color in (("precision", "C0"), ("recall", "C1")):
         _plot_epochs(axes[0], epochs, f"pseudo/{what}", color=color, label=what)
         _plot_epochs(axes[0], epochs, f"pseudo/box_{what}", color=color, ls="--", label=f"{what}, any class")
@@ -111,7 +112,11 @@ def plot_pseudo_labels(run: Path) -> Path:
     axes[1].set(title="pseudo-labels kept per epoch", xlabel="epoch")
     _plot_epochs(axes[2], epochs, "val/map50", label="teacher (before burn-in ends: EMA)")
     _plot_epochs(axes[2], epochs, "val/student/map50", label="student")
-    axes[2].set(title="validation AP50", xlabel="epoch", ylim=(0, 1))
+    _plot_epochs(axes[2], epochs, "pseudo/precision", color="C2", ls=":", label="pseudo-label precision")
+    _plot_epochs(axes[2], epochs, "pseudo/recall", color="C3", ls=":", label="pseudo-label recall")
+    axes[2].set(title="validation AP50 and pseudo-labels", xlabel="epoch", ylim=(0, 1))
+    _plot_epochs(axes[3], epochs, "semi/teacher_decay", label="EMA decay")
+    axes[3].set(title="teacher EMA decay (end of epoch)", xlabel="epoch")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

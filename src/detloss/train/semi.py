@@ -6,7 +6,10 @@ step adds an unlabelled batch:
 
 1. the teacher sees the weak view (the flip the labelled images get) and its detections go through NMS and
    then ``semi.filters`` in order (:mod:`detloss.semi.filters`): the pseudo-labels;
-2. the student sees the strong view (:func:`~detloss.semi.augment.strong_photometric`, same geometry) and
+2. the student sees the strong view: the geometric one of ``semi.geometric``
+   (:mod:`detloss.semi.views`: flips, quarter turns, a scale-crop; off by default), which moves the
+   pseudo-boxes, their polygons, the ignore band and the teacher's dense scores with the image, then
+   :func:`~detloss.semi.augment.strong_photometric`. It
    is trained towards the pseudo-labels by a second :class:`DenseCriterion` whose terms are reported as
    ``u_box``, ``u_cls``, ``u_dfl`` (weight ``loss.weights`` x the ramped ``semi.unsup_weight``) and the
    background penalty ``u_bg`` (its own ``lambda_bg`` schedule: zero during burn-in, then warm-up); both
@@ -16,7 +19,10 @@ step adds an unlabelled batch:
    and training the objects it dropped as background teaches the student, then the teacher through the
    EMA, to miss them, until no pseudo-box is left (a collapse of the pseudo-labels; measured in the README).
    An unlabelled image without pseudo-boxes is otherwise all background: its anchors get the ``cls``
-   zero target and the ``bg`` penalty, and every normalizer is floored, so the terms stay finite;
+   zero target and the ``bg`` penalty, and every normalizer is floored, so the terms stay finite.
+   With ``semi.soft`` the student's class logits also regress the teacher's sigmoid scores on the
+   teacher's ``topk`` anchors per image (0 on the others, ignored anchors left out), ``u_soft``
+   (:mod:`detloss.semi.soft`, its own named normalizer), ramped like the other unlabelled terms;
 3. after the optimizer step the teacher is updated as an EMA of the student.
 
 Logged per step: the filter statistics (``pseudo/kept_per_image``, per class, scores, adaptive thresholds),
@@ -24,8 +30,8 @@ the unlabelled images left without any pseudo-box (``pseudo/empty_images``), the
 anchors ignored (``pseudo/ignored_anchors``),
 the pseudo-labels' precision/recall against the hidden labels of the unlabelled images
 (``pseudo/precision``, ``pseudo/recall``; class-agnostic: ``pseudo/box_precision``, ``pseudo/box_recall``)
-and ``semi/unsup_weight``; per epoch the pseudo-labels'
-precision/recall over the epoch and, at evaluation, the student's metrics as ``val/student/*`` beside the
+``semi/unsup_weight`` and ``semi/teacher_decay`` (the EMA decay of the next teacher update, its ramp
+included); per epoch the pseudo-labels' precision/recall over the epoch, the teacher's decay and, at evaluation, the student's metrics as ``val/student/*`` beside the
 teacher's ``val/*``.
 
 Under ``torchrun`` each rank takes its slice of every global unlabelled batch, as for the labelled one;
@@ -48,7 +54,9 @@ from detloss.ops.head_layout import HeadLayout
 from detloss.semi.augment import strong_photometric
 from detloss.semi.filters import build_filters, teacher_pseudo_labels
 from detloss.semi.quality import pseudo_label_quality
+from detloss.semi.soft import DenseSoftClassTerm
 from detloss.semi.teacher import EMATeacher
+from detloss.semi.views import GeometricView, draw_view
 from detloss.train.checkpoint import load_part, read_resume
 from detloss.train.config import TrainConfig
 from detloss.train.data import load_sample
@@ -117,6 +125,10 @@ class SemiTrainer(Trainer):
             base, schedules={"bg": schedule} if schedule is not None else None, ramps=dict.fromkeys(ramped, ramp)
         )
         self.filters = build_filters(self.semi.filters, self.num_classes).to(self.dist.device)
+        self.soft = None
+        if self.semi.soft is not None:
+            soft = self.semi.soft
+            self.soft = DenseSoftClassTerm(soft.topk, soft.beta, soft.normalizer).to(self.dist.device)
         self.teacher: EMATeacher | None = None
         self.unlabelled_batch = self.semi.unlabelled_batch_size or config.batch_size
         check_divisible("semi.unlabelled_batch_size", self.unlabelled_batch, self.dist.world_size)
@@ -169,12 +181,18 @@ class SemiTrainer(Trainer):
             self.teacher = EMATeacher(self.model, self.semi.teacher_decay, self.semi.teacher_ramp)
         sup = super().step_loss(images, targets)
         weak, hidden, positions = self.unlabelled_batch_at(self.step)
-        pseudo, ignore = self.pseudo_labels(weak)
+        pseudo, ignore, scores = self.pseudo_labels(weak)
         quality = self.pseudo_quality(pseudo, hidden)
-        strong = self.strong_views(weak, positions)
-        unsup = self.unsup_loss(strong, detections_to_targets(pseudo, tuple(strong.shape[-2:])), ignore)
+        views = self.geometric_views(positions, tuple(weak.shape[-2:]))
+        pseudo = [view.apply({"image": image, **p}) for view, image, p in zip(views, weak, pseudo, strict=True)]
+        hw = tuple(weak.shape[-2:])
+        ignore = None if ignore is None else self.move_anchors(ignore[..., None], views, hw, False)[..., 0]
+        scores = None if scores is None else self.move_anchors(scores, views, hw, 0.0)
+        strong = self.strong_views(torch.stack([p.pop("image") for p in pseudo]), positions)
+        unsup = self.unsup_loss(strong, detections_to_targets(pseudo, tuple(strong.shape[-2:])), ignore, scores)
         epoch = self.step / self.steps_per_epoch
         self._step_stats = {
+            "semi/teacher_decay": self._teacher_decay,
             **self.filters.stats(),
             "pseudo/empty_images": float(sum(p["boxes"].shape[0] == 0 for p in pseudo)),
             "pseudo/ignored_anchors": float(ignore.float().mean()) if ignore is not None else 0.0,
@@ -185,8 +203,38 @@ class SemiTrainer(Trainer):
         report = LossReport(terms, scale=sup.report.scale)
         return StepOutputs(report, sup.wrt + unsup.wrt, None)
 
+    def geometric_views(self, positions: list[int], image_hw: tuple[int, int]) -> list[GeometricView]:
+        """Each image's geometric view (``semi.geometric``), drawn from (seed, step, its global position)."""
+        views = []
+        for position in positions:
+            seed = ((self.cfg.seed * 1_000_003 + self.step) * 1_000_003 + position) * 2 + 1  # not the photometric one
+            views.append(draw_view(torch.Generator().manual_seed(seed), image_hw, **self.semi.geometric.model_dump()))
+        return views
+
+    def move_anchors(
+        self, values: Tensor, views: list[GeometricView], image_hw: tuple[int, int], fill: float | bool
+    ) -> Tensor:
+        """Per-anchor ``values (B, A, ...)`` of the weak views (``image_hw`` pixels) in the anchor order of
+        ``views``, level by level (:meth:`GeometricView.apply_grid`)."""
+        strides = self.task.model.strides
+        h, w = image_hw
+        if any(h % int(s) or w % int(s) for s in strides):
+            raise ValueError(f"geometric views need an image size divisible by the strides {strides}, got {image_hw}")
+        sizes = [(h // int(s), w // int(s)) for s in strides]
+        out = []
+        for level, part in enumerate(values.split([a * b for a, b in sizes], 1)):
+            grid = part.unflatten(1, sizes[level]).movedim((1, 2), (-2, -1))  # (B, ..., H_l, W_l)
+            moved = torch.stack([v.apply_grid(g, strides[level], fill) for v, g in zip(views, grid, strict=True)])
+            out.append(moved.movedim((-2, -1), (1, 2)).flatten(1, 2))
+        return torch.cat(out, 1)
+
+    @property
+    def _teacher_decay(self) -> float:
+        return self.teacher.current_decay() if self.teacher is not None else float("nan")
+
     def strong_views(self, weak: Tensor, positions: list[int]) -> Tensor:
-        """The student's views of ``weak``: each image's draws seeded by (seed, step, its global position)."""
+        """The photometric views of ``weak`` (after the geometric ones): each image's draws seeded by (seed,
+        step, its global position)."""
         options = self.semi.strong.model_dump()
         views = []
         for image, position in zip(weak, positions, strict=True):
@@ -195,18 +243,18 @@ class SemiTrainer(Trainer):
         return torch.cat(views)
 
     @torch.no_grad()
-    def pseudo_labels(self, weak: Tensor) -> tuple[list[dict[str, Tensor]], Tensor | None]:
-        """The teacher's detections on ``weak`` after NMS and the filters (``boxes``, ``scores``, ``labels``)
-        and the ``(B, A)`` anchors it is unsure of (best class score >= ``semi.ignore_score``; ``None``
-        when that is unset)."""
+    def pseudo_labels(self, weak: Tensor) -> tuple[list[dict[str, Tensor]], Tensor | None, Tensor | None]:
+        """The teacher's detections on ``weak`` after NMS and the filters (``boxes``, ``scores``, ``labels``),
+        the ``(B, A)`` anchors it is unsure of (best class score >= ``semi.ignore_score``; ``None``
+        when that is unset) and its ``(B, A, C)`` sigmoid class scores (``None`` without ``semi.soft``)."""
         teacher = self.teacher.module
         feats = [f.float() for f in teacher(weak)]
         loss = self.cfg.loss
         ignore = None
+        layout = HeadLayout(loss.reg_max, self.num_classes, loss.num_vertices)
+        class_scores = layout.flatten(feats, "cls").sigmoid()  # (B, A, C)
         if self.semi.ignore_score is not None:
-            layout = HeadLayout(loss.reg_max, self.num_classes, loss.num_vertices)
-            scores = layout.flatten(feats, "cls").amax(-1).sigmoid()  # (B, A)
-            ignore = scores >= self.semi.ignore_score
+            ignore = class_scores.amax(-1) >= self.semi.ignore_score
         candidates = teacher_pseudo_labels(
             feats,
             teacher.strides,
@@ -217,7 +265,7 @@ class SemiTrainer(Trainer):
             iou=self.semi.nms_iou,
             max_det=self.semi.max_pseudo,
         )
-        return self.filters(candidates), ignore
+        return self.filters(candidates), ignore, class_scores if self.soft is not None else None
 
     def pseudo_quality(self, pseudo: list[dict[str, Tensor]], hidden: list[dict[str, Tensor]]) -> dict[str, float]:
         """The pseudo-labels' precision/recall against the hidden labels, class-aware and class-agnostic
@@ -232,16 +280,28 @@ class SemiTrainer(Trainer):
         return row
 
     def unsup_loss(
-        self, strong: Tensor, pseudo_targets: dict[str, Tensor], ignore: Tensor | None = None
+        self,
+        strong: Tensor,
+        pseudo_targets: dict[str, Tensor],
+        ignore: Tensor | None = None,
+        teacher_scores: Tensor | None = None,
     ) -> StepOutputs:
         """The unlabelled terms of the student on ``strong`` against the pseudo-labels (no polygon term);
-        ``ignore`` ``(B, A)``: anchors left out of ``u_cls`` and ``u_bg``."""
-        weights = self.unsup_policy.weights(self.step / self.steps_per_epoch)
+        ``ignore`` ``(B, A)``: anchors left out of ``u_cls``, ``u_bg`` and ``u_soft``; ``teacher_scores``
+        ``(B, A, C)`` in the strong view's anchor order: the targets of ``u_soft`` (with ``semi.soft``)."""
+        epoch = self.step / self.steps_per_epoch
+        weights = self.unsup_policy.weights(epoch)
         with self.autocast():
             feats = self.runner(strong)
         channels = self.unsup.num_channels
         feats = [f.float()[:, :channels] for f in feats]  # the box and class channels
-        return StepOutputs(self.unsup(feats, pseudo_targets, ignore=ignore, weights=weights), feats, None)
+        report = self.unsup(feats, pseudo_targets, ignore=ignore, weights=weights)
+        if self.soft is not None:
+            gain = self.semi.soft.weight * UnsupRamp(1.0, self.burn_in_epochs, self.semi.unsup_warmup).value(epoch)
+            logits = self.unsup.layout.flatten(feats, "cls")
+            record = self.soft(logits, teacher_scores, ignore, weight=gain)
+            report = LossReport(dict(report.items()) | {"soft": record}, scale=report.scale)
+        return StepOutputs(report, feats, None)
 
     def measure(self, out: StepOutputs, targets: dict[str, Tensor]) -> None:
         if out.outputs is None:  # a combined step: no single head output for the dense dependency masks
@@ -269,6 +329,8 @@ class SemiTrainer(Trainer):
                 row[prefix + "recall"] = tp / (tp + fn) if tp + fn else float("nan")
         if row:
             row["pseudo/kept"] = c["pseudo/tp"] + c["pseudo/fp"]
+        if self.teacher is not None:  # the decay the next EMA update uses (the ramp's value at the end)
+            row["semi/teacher_decay"] = self._teacher_decay
         self._epoch_counts = dict.fromkeys(c, 0.0)
         return row
 
