@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -68,6 +70,20 @@ def test_small_set_far_from_the_origin_keeps_its_vertices():
     assert mask.sum().item() == 5
     ref = MultiPoint(pts[0].double().tolist()).convex_hull.area  # 4 + 2 * (4000 - 3999.99...) / 2
     assert polygon_area(hull, mask).item() == pytest.approx(ref, rel=1e-6)
+
+
+def test_near_coincident_corners_keep_the_hull():
+    """Two heptagons of radius 1e-4 that differ by 2.9e-18 in one corner's y (farther apart than the
+    coincidence tolerance): each copy of that corner lies inside an edge ending at the other, and the hull
+    once lost both. Its area is the heptagon's, r^2 * 7/2 * sin(2 pi / 7)."""
+    r = 1e-4
+    a = torch.tensor([[r * math.cos(2 * math.pi * k / 7), r * math.sin(2 * math.pi * k / 7)] for k in range(7)])
+    a = a.double()
+    a[0, 1] = 0.0
+    b = a.clone()
+    b[0, 1] = 2.8629e-18
+    hull, mask = convex_hull(torch.cat([a, b])[None])
+    assert polygon_area(hull, mask).item() == pytest.approx(r * r * 3.5 * math.sin(2 * math.pi / 7), rel=1e-12)
 
 
 def test_bad_shape_names_points():

@@ -55,7 +55,11 @@ def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Te
     repeat = (~distinct & torch.ones_like(distinct).tril(-1).bool() & valid[:, None, :]).any(-1)
     keep = valid & ~repeat  # one representative of each cluster of coincident points
     edge = ~right.any(-1) & distinct & keep[:, :, None] & keep[:, None, :]
-    is_vertex = edge.any(-1) & _not_inside_edge(q, edge, keep, eps)
+    # Two near-coincident corners (farther apart than eps) can each lie inside an edge that ends at the
+    # other; only edges between points that lie inside no edge may remove a point, so one of them stays.
+    inside = _inside_edge(q, edge, keep, eps)
+    corner_edge = edge & ~inside[:, :, None] & ~inside[:, None, :]
+    is_vertex = edge.any(-1) & ~_inside_edge(q, corner_edge, keep, eps)
     centre = (q * is_vertex[..., None]).sum(1) / is_vertex.sum(1, keepdim=True).clamp_min(1)
     angle = torch.atan2(q[..., 1] - centre[:, None, 1], q[..., 0] - centre[:, None, 0])
     key = torch.where(is_vertex, angle, torch.full_like(angle, float("inf")))
@@ -65,8 +69,8 @@ def convex_hull(points: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Te
     return torch.where(mask[..., None], hull, torch.zeros_like(hull)), mask
 
 
-def _not_inside_edge(q: Tensor, edge: Tensor, valid: Tensor, eps: float) -> Tensor:
-    """False for points on a hull edge and farther than ``eps`` from both its ends (collinear boundary points)."""
+def _inside_edge(q: Tensor, edge: Tensor, valid: Tensor, eps: float) -> Tensor:
+    """True for points on an ``edge`` and farther than ``eps`` from both its ends (collinear boundary points)."""
     a = q[:, :, None, None, :]  # edge start i
     b = q[:, None, :, None, :]  # edge end j
     m = q[:, None, None, :, :]  # candidate m
@@ -76,4 +80,4 @@ def _not_inside_edge(q: Tensor, edge: Tensor, valid: Tensor, eps: float) -> Tens
     length = (ab * ab).sum(-1).sqrt()
     on_line = cross.abs() <= eps * length
     inside = edge[..., None] & on_line & (t > eps * length) & (t < length * (length - eps))
-    return ~(inside & valid[:, None, None, :]).any(dim=(1, 2))
+    return (inside & valid[:, None, None, :]).any(dim=(1, 2))
