@@ -89,3 +89,20 @@ def test_near_coincident_corners_keep_the_hull():
 def test_bad_shape_names_points():
     with pytest.raises(ValueError, match="points"):
         convex_hull(torch.zeros(3, 2))
+
+
+def test_decoded_triangle_from_eight_slots_with_near_duplicates_scores_ap_one():
+    """The harness decodes a K-slot polygon as the hull of its vertices. A triangle (0,0) (40,0) (0,30) predicted
+    with 8 slots: the 3 corners, 3 copies within 1e-6 px of them (inside or on it) and 2 points on its edges. The hull is the
+    triangle (area 600 exactly, to 1e-9), so its exact IoU with the ground truth is 1 and AP@[.5:.95] is 1."""
+    from detloss.evaluate import polygon_map
+
+    pts = torch.tensor(
+        [[0.0, 0.0], [40.0, 0.0], [0.0, 30.0], [1e-6, 1e-6], [40.0 - 1e-6, 0.0], [0.0, 30.0 - 1e-6], [20.0, 15.0], [0.0, 12.0]],
+        dtype=torch.float64,
+    )
+    hull, mask = convex_hull(pts[None])
+    assert polygon_area(hull, mask).item() == pytest.approx(600.0, abs=1e-9)
+    pred = {"polygons": hull, "polygon_valid": mask, "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
+    gt = {"polygons": pts[None, :3], "labels": torch.tensor([0])}
+    assert polygon_map([pred], [gt])["map"] == pytest.approx(1.0)
