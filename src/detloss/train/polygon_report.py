@@ -27,7 +27,7 @@ def _load(run: Path) -> tuple[TrainConfig, TinyDetector, object, int]:
         raise ValueError(f"{run}: polygon quality needs a dense run with a polygon branch (loss.num_vertices >= 3)")
     _, val, num_classes = build_datasets(cfg.data, cfg.loss.num_vertices)
     state = read_checkpoint(run / "last.pt")
-    model = TinyDetector(num_classes, cfg.loss.reg_max, cfg.loss.num_vertices, cfg.model.width)
+    model = TinyDetector(num_classes, cfg.loss.reg_max, cfg.loss.num_vertices, cfg.model.width, cfg.model.p2)
     model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
     return cfg, model.eval(), val, num_classes
 
@@ -45,7 +45,7 @@ def run_polygon_report(
         samples = [val[i] for i in range(start, min(start + cfg.batch_size, len(val)))]
         images, _ = collate(samples)
         out = decode_dense(
-            [f.float() for f in model(images)], TinyDetector.strides, num_classes, cfg.loss.reg_max,
+            [f.float() for f in model(images)], model.strides, num_classes, cfg.loss.reg_max,
             num_vertices=cfg.loss.num_vertices, conf=0.001, iou=cfg.eval.nms_iou, max_det=cfg.eval.max_det,
         )  # fmt: skip
         preds += out
