@@ -66,8 +66,11 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[Tensor, dict[str, Any
     cls = torch.cat([s["labels"].reshape(-1).long() for s in samples])
     xyxy = torch.cat([s["boxes"].float().reshape(-1, 4) for s in samples])
     scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=xyxy.device)
-    cxcywh = torch.cat(((xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]), 1) / scale
-    targets: dict[str, Any] = {"batch_idx": batch_idx.to(device), "cls": cls.to(device), "bboxes": cxcywh.to(device)}
+    targets: dict[str, Any] = {
+        "batch_idx": batch_idx.to(device),
+        "cls": cls.to(device),
+        "bboxes": _normalized_cxcywh(xyxy, scale).to(device),
+    }
 
     if all(has_poly):
         k = max(s["polygons"].shape[1] for s in samples)
@@ -90,12 +93,17 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[Tensor, dict[str, Any
     if ignored is not None:
         idx = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(ignored)])
         xyxy = torch.cat([b.float().reshape(-1, 4) for b in ignored]).to(scale.device)
-        cxcywh = torch.cat(((xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]), 1) / scale
-        targets["ignore_bboxes"], targets["ignore_batch_idx"] = cxcywh.to(device), idx.to(device)
+        targets["ignore_bboxes"], targets["ignore_batch_idx"] = _normalized_cxcywh(xyxy, scale).to(device), idx.to(device)
     return images, targets
 
 
-_OBJECT_KEYS = ("labels", "boxes", "polygons", "polygon_counts", "is_polygon", "ignore")
+#: the per-object entries of a sample (one row per object); transforms keep or drop them together
+OBJECT_KEYS = ("labels", "boxes", "polygons", "polygon_counts", "is_polygon", "ignore")
+
+
+def _normalized_cxcywh(xyxy: Tensor, scale: Tensor) -> Tensor:
+    """``(N, 4)`` pixel ``xyxy`` -> ``cx, cy, w, h`` divided by ``scale = (W, H, W, H)``."""
+    return torch.cat(((xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]), 1) / scale
 
 
 def _split_ignored(samples: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[Tensor]]:
@@ -110,7 +118,7 @@ def _split_ignored(samples: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str,
         if "masks" in s and bool(flag.any()):
             raise ValueError(f"sample {i}: 'masks' with 'ignore' objects are not supported (mask ids would shift)")
         out = dict(s)
-        for key in _OBJECT_KEYS:
+        for key in OBJECT_KEYS:
             if key in s:
                 out[key] = s[key][~flag]
         kept.append(out)

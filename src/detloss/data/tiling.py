@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from detloss.data.collate import OBJECT_KEYS
 from detloss.data.yolo import fit_polygon
 from detloss.ops.clip import clip_convex_polygon_to_rect
 from detloss.ops.tiles import check_tiling, grid_windows
 
 __all__ = ["TiledDataset", "crop_tile", "random_window", "tile_seed"]
 
-_OBJECT_KEYS = ("labels", "boxes", "polygons", "polygon_counts", "is_polygon", "ignore")
 
 
 def tile_seed(seed: int, epoch: int, index: int) -> int:
@@ -122,7 +122,7 @@ def crop_tile(
             new_counts[i] = len(pts)
         out["polygons"], out["polygon_counts"] = new_poly[keep], new_counts[keep]
     out["boxes"] = (clipped - shift.repeat(2))[keep].to(boxes.dtype)
-    for key in _OBJECT_KEYS:
+    for key in OBJECT_KEYS:
         if key in sample and key not in ("boxes", "polygons", "polygon_counts", "ignore"):
             out[key] = sample[key][keep]
     if "ignore" in sample or cut == "ignore":
