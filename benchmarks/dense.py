@@ -68,7 +68,7 @@ def unavoidable_loss(feats, layout=LAYOUT):
     softmax expectation over every anchor, in the head's own layout (no permute, no assignment)."""
     total = feats[0].new_zeros(())
     for f in feats:
-        box, cls, _ = layout.split(f.flatten(2))  # split: backward writes, no zero-fill
+        box, cls, _, _ = layout.split(f.flatten(2))  # split: backward writes, no zero-fill
         total = total + F.softplus(cls).sum() + layout.decode_boxes(box, dim=1).sum()
     return total
 

@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/semi.py [--runs sup semi soft_geo] [--seeds 0 1] [--fractions 0.1 0.05]
                                              [--out runs/semi_bench] [--table-only] [--threads 1]
+    PYTHONPATH=src python benchmarks/semi.py --background-ablation [--seeds 0] [--fractions 0.1]
 
 Each (run, labelled fraction, seed) trains ``detloss train --config <config> seed=<s>
 data.labelled_fraction=<f> threads=<t> out_dir=<out>/<run>_<f>_s<s>`` one after another (128 px, 40 epochs,
@@ -12,10 +13,15 @@ reads them. Runs (:data:`RUNS`):
 * ``semi``: ``configs/semi.yaml``;
 * ``soft_geo``: ``configs/semi_soft_geo.yaml`` (geometric strong views + dense soft class targets);
 * ``geo``, ``soft``: one of the two; ``cls_geo``: geometric views with hard ``u_cls``;
-* ``bg_none``, ``bg_strong``: ``soft_geo`` with the unlabelled background penalty off / at 100.
+* ``bg_none``, ``bg_strong``: ``soft_geo`` with the unlabelled background penalty off / at 100;
+* ``objectness``: ``configs/semi_objectness.yaml`` (``soft_geo`` with an objectness branch, ``u_obj`` on the
+  pseudo-boxes, and no penalty).
+
+``--background-ablation`` runs :data:`BACKGROUND_RUNS`: no penalty / default (``soft_geo``) / strong /
+objectness branch, on the same seeds and fractions.
 
 Columns: validation AP50 at the last epoch and the best evaluated epoch, validation precision / recall
-(at ``eval.conf``) at the last epoch, the pseudo-labels' class-aware precision / recall over the last epoch
+(at ``eval.conf``) at the last epoch, the pseudo-labels' class-aware precision / recall and class-agnostic precision over the last epoch
 and the fewest pseudo-boxes kept in an epoch after burn-in, and the run's wall time. On a shared machine the
 wall times vary by tens of percent.
 """
@@ -44,7 +50,10 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "cls_geo": (SOFT_GEO, ["semi.soft=null", "semi.unsup_terms=[box, cls, dfl]"]),
     "bg_none": (SOFT_GEO, ["semi.background=null"]),
     "bg_strong": (SOFT_GEO, ["semi.background.max_value=100"]),
+    "objectness": ("configs/semi_objectness.yaml", []),
 }
+#: The background ablation: the unlabelled penalty off / default / strong, and the objectness branch instead.
+BACKGROUND_RUNS = ["bg_none", "soft_geo", "bg_strong", "objectness"]
 
 
 def run_dir(out: Path, name: str, fraction: float, seed: int) -> Path:
@@ -104,6 +113,7 @@ def summary(path: Path) -> dict[str, float]:
         "student": last.get("val/student/map50", nan),
         "pseudo_p": rows[-1].get("pseudo/precision", nan),
         "pseudo_r": rows[-1].get("pseudo/recall", nan),
+        "pseudo_box_p": rows[-1].get("pseudo/box_precision", nan),
         "min_kept": min((r["pseudo/kept"] for r in semi), default=nan),
         "wall": float(wall.read_text()) if wall.exists() else nan,
     }
@@ -117,14 +127,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "semi_bench")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--background-ablation", action="store_true", help=f"--runs {' '.join(BACKGROUND_RUNS)}")
     args = parser.parse_args()
+    if args.background_ablation:
+        args.runs = BACKGROUND_RUNS
     if not args.table_only:
         for fraction in args.fractions:
             for name in args.runs:
                 for seed in args.seeds:
                     train(name, fraction, seed, args.out, args.threads)
     header = (f"{'run':<10} {'labelled':>8} {'seed':>4} {'AP50':>6} {'best':>6} {'P':>6} {'R':>6} {'student':>7} "
-              f"{'pseudo P':>8} {'pseudo R':>8} {'min kept':>8} {'wall s':>7}")  # fmt: skip
+              f"{'pseudo P':>8} {'pseudo R':>8} {'box P':>6} {'min kept':>8} {'wall s':>7}")  # fmt: skip
     print(header)
     for i, fraction in enumerate(args.fractions):
         for name in args.runs:
@@ -137,7 +150,7 @@ def main() -> None:
                 frac = 1.0 if name == "sup100" else fraction
                 print(f"{name:<10} {frac:>8g} {seed:>4} {s['ap50']:>6.3f} {s['best']:>6.3f} {s['precision']:>6.3f} "
                       f"{s['recall']:>6.3f} {s['student']:>7.3f} {s['pseudo_p']:>8.2f} {s['pseudo_r']:>8.2f} "
-                      f"{s['min_kept']:>8.0f} {s['wall']:>7.0f}")  # fmt: skip
+                      f"{s['pseudo_box_p']:>6.2f} {s['min_kept']:>8.0f} {s['wall']:>7.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

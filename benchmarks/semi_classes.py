@@ -33,7 +33,10 @@ def matched(model, cfg, num_classes, samples, images, conf):
     """``(score, true label, predicted label)`` of each detection whose box overlaps a hidden box >= 0.5."""
     with torch.no_grad():
         feats = [f.float() for f in model(images)]
-    dets = decode_dense(feats, model.strides, num_classes, cfg.loss.reg_max, cfg.loss.num_vertices, conf, 0.6, 50)
+    loss = cfg.loss
+    dets = decode_dense(
+        feats, model.strides, num_classes, loss.reg_max, loss.num_vertices, conf, 0.6, 50, objectness=loss.objectness
+    )
     rows = []
     for d, s in zip(dets, samples, strict=True):
         if len(d["boxes"]) and len(s["boxes"]):

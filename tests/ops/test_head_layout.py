@@ -19,17 +19,19 @@ def _numbered(channels: int, h: int, w: int, level: int) -> torch.Tensor:
 
 def test_channel_groups_and_slices_by_hand():
     layout = HeadLayout(reg_max=4, num_classes=3, num_vertices=2)  # 16 | 3 | 4
-    assert layout.groups == (16, 3, 4)
+    assert layout.groups == (16, 3, 0, 4)
     assert layout.num_channels == 23
     assert (layout.box, layout.cls, layout.poly) == (slice(0, 16), slice(16, 19), slice(19, 23))
     no_poly = HeadLayout(reg_max=1, num_classes=5)
-    assert no_poly.groups == (4, 5, 0) and no_poly.num_channels == 9 and no_poly.poly == slice(9, 9)
+    assert no_poly.groups == (4, 5, 0, 0) and no_poly.num_channels == 9 and no_poly.poly == slice(9, 9)
+    assert no_poly.obj == slice(9, 9)
 
 
 def test_split_gives_the_channels_of_each_part():
     layout = HeadLayout(reg_max=2, num_classes=3, num_vertices=1)
     x = _numbered(13, 2, 2, level=0)
-    box, cls, poly = layout.split(x)
+    box, cls, obj, poly = layout.split(x)
+    assert obj.shape == (1, 0, 2, 2)
     assert box[0, :, 0, 0].tolist() == [1000.0 * c for c in range(8)]
     assert cls[0, :, 0, 0].tolist() == [8000.0, 9000.0, 10000.0]
     assert poly[0, :, 1, 1].tolist() == [11003.0, 12003.0]
@@ -80,7 +82,7 @@ def test_bad_layouts_and_inputs_name_the_argument():
         with pytest.raises(ValueError, match=name):
             HeadLayout(**kwargs)
     layout = HeadLayout(reg_max=2, num_classes=3)
-    with pytest.raises(ValueError, match=r"11 \(4R \+ C \+ 2K\) channels in dim 1"):
+    with pytest.raises(ValueError, match=r"11 \(4R \+ C \+ O \+ 2K\) channels in dim 1"):
         layout.split(torch.zeros(1, 12, 2, 2))
     with pytest.raises(ValueError, match=r"feats\[1\] must have shape \(2, 11, H, W\)"):
         layout.check([torch.zeros(2, 11, 2, 2), torch.zeros(2, 12, 1, 1)])

@@ -1,5 +1,5 @@
 """YOLO-style dense one-stage criterion: task-aligned assignment, box/cls/DFL terms, optional
-background penalty and polygon branch, every normalizer and weight a named option."""
+background penalty, objectness and polygon branch, every normalizer and weight a named option."""
 
 from __future__ import annotations
 
@@ -34,13 +34,17 @@ CLS_LOSSES = {
 BOX_LOSSES = ("iou", "giou", "diou", "ciou")
 POLYGON_LOSSES = ("mgiou", "mgiou+", "l1", "l2")
 BACKGROUND_PENALTIES = ("max", "focal")
+OBJECTNESS_TARGETS = ("hard", "score")
 
 #: Defaults: YOLOv8's gains and its positive-mass normalizer for box, cls and dfl (so the gains
 #: people have tuned keep their meaning), but no ``* batch_size`` on the total, and counts reduced
 #: across ranks. ``bg`` is the mean over background anchors (``mean``): a per-anchor penalty whose
 #: scale does not grow with the image size or the number of anchors. ``corner``: 7.5; 15 gave more polygon
 #: AP on the default shapes run (benchmarks/polygon_options.py) but halved box AP50 on a short 128 px run.
-DEFAULT_WEIGHTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "poly": 7.5, "corner": 7.5, "bg": 1.0}
+#: ``obj`` is YOLOX's: BCE summed over every (non-ignored) anchor, divided by the positives (``num_pos``,
+#: YOLOX's ``num_fg``), gain 1. A count, not ``target_sum``: the hard target puts 1 on each positive, so the
+#: count is its target mass; with ``objectness_target="score"``, ``target_sum`` is the matching choice.
+DEFAULT_WEIGHTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "poly": 7.5, "corner": 7.5, "bg": 1.0, "obj": 1.0}
 DEFAULT_NORMALIZERS = {
     "box": "target_sum",
     "cls": "target_sum",
@@ -48,6 +52,7 @@ DEFAULT_NORMALIZERS = {
     "poly": "target_sum",
     "corner": "target_sum",
     "bg": "mean",
+    "obj": "num_pos",
 }
 
 
@@ -130,10 +135,18 @@ class DenseCriterion(TermCriterion):
             nearest predicted vertex, each predicted vertex to the target's boundary), so the convex
             hull of the K predicted vertices can be a polygon with fewer corners; ``corner_beta`` its
             Huber knee (fraction of the object's box diagonal).
+        objectness: add an objectness channel (``O = 1``, after the class channels) and an ``obj`` term:
+            BCE of each anchor's objectness logit against "an object of any class is here", 1 (or the
+            soft target, see ``objectness_target``) on the assigned positives, 0 on every other anchor,
+            ignored anchors left out. Detections are then scored ``sigmoid(class) * sigmoid(obj)``
+            (:func:`~detloss.evaluate.decode_dense`). The alternative to the background penalty: the
+            "no object here" signal goes to a channel of its own instead of pushing every class down.
+        objectness_target: ``"hard"`` (1 on each positive) or ``"score"`` (the assigner's IoU-aware soft
+            target, the one ``cls`` uses).
         image_size: ``(h, w)`` in pixels; default: first level's size times its stride.
 
     Shapes:
-        ``feats``: list of ``(B, 4R + C [+ 2K], H_l, W_l)`` (``R = reg_max``, channels as in
+        ``feats``: list of ``(B, 4R + C [+ O] [+ 2K], H_l, W_l)`` (``R = reg_max``, channels as in
         :class:`~detloss.ops.head_layout.HeadLayout`), ``H_l`` and ``W_l`` the image size
         divided by ``strides[l]``, rounded down or up.
         ``targets``: a :class:`~detloss.criteria.targets.Targets` (pixel boxes; with polygons for the
@@ -176,6 +189,8 @@ class DenseCriterion(TermCriterion):
         convexity_weight: float = 0.1,
         polygon_corner: bool = False,
         corner_beta: float = 0.05,
+        objectness: bool = False,
+        objectness_target: str = "hard",
         image_size: tuple[int, int] | None = None,
         max_assign_pairs: int | None = None,
     ) -> None:
@@ -188,6 +203,10 @@ class DenseCriterion(TermCriterion):
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
         if polygon_loss not in POLYGON_LOSSES:
             raise ValueError(f"polygon_loss must be one of {POLYGON_LOSSES}, got {polygon_loss!r}")
+        if objectness_target not in OBJECTNESS_TARGETS:
+            raise ValueError(f"objectness_target must be one of {OBJECTNESS_TARGETS}, got {objectness_target!r}")
+        if not isinstance(objectness, bool):
+            raise ValueError(f"objectness must be a bool, got {objectness!r}")
         if num_classes < 1 or reg_max < 1 or num_vertices < 0:
             raise ValueError("num_classes and reg_max must be >= 1 and num_vertices >= 0")
         if preset == "ultralytics" and min_candidate_size is None:
@@ -201,7 +220,9 @@ class DenseCriterion(TermCriterion):
         self.box_loss = box_loss
         self.background = background
         self.num_vertices = num_vertices
-        self.layout = HeadLayout(reg_max, num_classes, num_vertices)
+        self.objectness = objectness
+        self.objectness_target = objectness_target
+        self.layout = HeadLayout(reg_max, num_classes, num_vertices, objectness)
         self.polygon_loss = polygon_loss
         self.convexity_weight = convexity_weight
         if not corner_beta > 0:
@@ -216,6 +237,7 @@ class DenseCriterion(TermCriterion):
 
         terms = ["box", "cls", "dfl"] + (["poly"] if num_vertices else []) + (["corner"] if self.polygon_corner else [])
         terms += ["bg"] if background else []
+        terms += ["obj"] if objectness else []
         self.setup_terms(terms, DEFAULT_WEIGHTS, DEFAULT_NORMALIZERS, weights, normalizers)
         cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         if cw is not None and cw.shape != (num_classes,):
@@ -252,8 +274,8 @@ class DenseCriterion(TermCriterion):
         """The terms of ``feats`` against ``targets`` (class docstring).
 
         ``ignore``: optional ``(B, A)`` bool, anchors (in level-then-row-major order) that are neither
-        positive nor negative: their class elements and ``bg`` penalty are left out (a positive
-        anchor is never ignored). Semi-supervised training passes the anchors a teacher is unsure of.
+        positive nor negative: their class and objectness elements and ``bg`` penalty are left out (a
+        positive anchor is never ignored). Semi-supervised training passes the anchors a teacher is unsure of.
         ``weights``: this call's gains, term -> gain, overriding the base :attr:`weights`.
         """
         gains = self.call_weights(weights)
@@ -300,6 +322,12 @@ class DenseCriterion(TermCriterion):
             terms["bg"] = self._term(
                 "bg", self._background_elements(head, negative), denom, gains=gains, num_pos=num_pos, anchor=anchor
             )
+        if self.objectness:
+            num_obj = head.batch_size * head.num_anchors - _count(ignore)
+            terms["obj"] = self._term(
+                "obj", self._objectness_elements(head, t, ignore), denom, gains=gains, num_pos=num_pos,
+                anchor=head.obj[0], num_elements=num_obj,
+            )  # fmt: skip
         return LossReport(terms, scale=head.batch_size if self.preset == "ultralytics" else 1)
 
     def assign(self, feats: Sequence[Tensor], targets: Targets | Mapping[str, Tensor]) -> DenseTargets:
@@ -332,6 +360,7 @@ class DenseCriterion(TermCriterion):
             ltrb = torch.cat([self.layout.decode_boxes(x, dim=1) for x in head.box], 2).transpose(1, 2)  # (B, A, 4)
             pred_px = dist2bbox(ltrb, grid) * strides[:, None]
             logits = torch.cat(head.cls, 2).transpose(1, 2)  # (B, A, C) view of a detached copy
+            # class scores alone, with objectness too: the alignment metric scores the target's class
             assigned = self.assigner(
                 logits, pred_px, points, gt.labels, gt.boxes, gt.mask & _nonzero(gt.boxes), scores_are_logits=True
             )
@@ -384,6 +413,7 @@ class DenseCriterion(TermCriterion):
         for term in ("box", "dfl", "poly", "corner"):
             counts[term] = {"num_elements": num_pos}
         counts["bg"] = {"num_elements": b * a - num_pos - num_ignored}
+        counts["obj"] = {"num_elements": b * a - num_ignored}
         return counts
 
     def _cls_elements(self, head: HeadOutputs, t: DenseTargets, ignore: Tensor | None = None) -> list[Tensor]:
@@ -408,6 +438,18 @@ class DenseCriterion(TermCriterion):
                 el = CLS_LOSSES[self.cls_loss](logits, target, **self.cls_loss_args)
             if cw is not None:
                 el = el * cw
+            pieces.append(el if keep is None else el * keep[level][:, None, :])
+        return pieces
+
+    def _objectness_elements(self, head: HeadOutputs, t: DenseTargets, ignore: Tensor | None) -> list[Tensor]:
+        """Per-anchor BCE of the objectness logits: one ``(B, 1, HW)`` piece per level, target 1 (``"hard"``)
+        or the soft target (``"score"``) on the positives, 0 elsewhere, zero at ignored anchors."""
+        pieces = []
+        keep = None if ignore is None else (~ignore).float().split([h * w for h, w in head.sizes], 1)
+        for level, mask, local in head.levels(t.anchor):
+            target = t.weight[mask] if self.objectness_target == "score" else torch.ones_like(t.weight[mask])
+            index = (t.image[mask], torch.zeros_like(local), local)
+            el = bce_with_sparse_targets(head.obj[level], index, target)
             pieces.append(el if keep is None else el * keep[level][:, None, :])
         return pieces
 

@@ -97,7 +97,7 @@ def dense_dependencies(
 
     Args:
         crit: the criterion.
-        feats: the head outputs given to ``crit`` (list of ``(B, 4R + C [+ 2K], H, W)``).
+        feats: the head outputs given to ``crit`` (list of ``(B, 4R + C [+ O] [+ 2K], H, W)``).
         targets: the targets given to ``crit``.
         assigned: ``crit.assign(feats, targets)`` if already computed (else it is computed here: the
             assignment is deterministic, so it is the one the report was computed with).
@@ -117,7 +117,8 @@ def dense_dependencies(
         - ``bg``: for ``kind="focal"`` every class channel of the background anchors; for
           ``kind="max"`` the channel of the top class of each background anchor (the max selects one
           logit per anchor, so the other channels are unused by construction, not dead). Then ``dead``
-          measures what ``logit_clamp`` or saturation kills.
+          measures what ``logit_clamp`` or saturation kills;
+        - ``obj``: the objectness channel of every anchor (BCE against 0 or the positive's target).
     """
     k = crit.num_vertices
     t = crit.assign(feats, targets) if assigned is None else assigned
@@ -126,7 +127,7 @@ def dense_dependencies(
     weighted = torch.zeros_like(fg)  # positives whose elements carry a nonzero weight
     weighted[t.image, t.anchor] = t.weight != 0
     sizes = [f.shape[2] * f.shape[3] for f in feats]
-    box, cls, poly = crit.layout.box, crit.layout.cls, crit.layout.poly
+    box, cls, obj, poly = crit.layout.box, crit.layout.cls, crit.layout.obj, crit.layout.poly
 
     def empty() -> list[Tensor]:
         return [
@@ -179,4 +180,9 @@ def dense_dependencies(
             else:
                 m[:, cls] = background[:, None, :]
         out["bg"] = bgm
+    if getattr(crit, "objectness", False):
+        om = empty()
+        for m in om:
+            m[:, obj] = True
+        out["obj"] = om
     return {name: [m.view_as(f) for m, f in zip(masks, feats, strict=True)] for name, masks in out.items()}

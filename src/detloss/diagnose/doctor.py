@@ -253,18 +253,19 @@ class Doctor:
         """Account ``report``'s gradients w.r.t. ``feats`` (graph alive) for a ``DenseCriterion`` ``crit``.
 
         Besides the norms, shares and dead fractions (:func:`dense_dependencies`), counts saturation: the
-        class logits beyond ``±15`` (group ``cls``) and, for an MGIoU polygon branch, the (positive, axis)
-        pairs at a per-axis GIoU of ``±1`` (``poly_axis_giou_pos`` / ``poly_axis_giou_neg``,
-        :func:`polygon_axis_saturation`). The assignment is computed once for both.
+        class logits beyond ``±15`` (group ``cls``; the objectness logits, group ``obj``) and, for an MGIoU
+        polygon branch, the (positive, axis) pairs at a per-axis GIoU of ``±1`` (``poly_axis_giou_pos`` /
+        ``poly_axis_giou_neg``, :func:`polygon_axis_saturation`). The assignment is computed once for both.
 
         Args:
             step: the 1-based step number to record (the ``step`` of ``steps.csv``).
-            report, feats, targets: the step's report, the float head outputs ``(B, 4R + C [+ 2K], H, W)``
+            report, feats, targets: the step's report, the float head outputs ``(B, 4R + C [+ O] [+ 2K], H, W)``
                 it was computed from, and its targets.
             crit: the criterion (for the dependency masks and the class-logit channels).
         """
         start = time.perf_counter()
-        logits = {"cls": [crit.layout.split(f.detach())[1] for f in feats]}
+        parts = [crit.layout.split(f.detach()) for f in feats]
+        logits = {"cls": [p[1] for p in parts]} | ({"obj": [p[2] for p in parts]} if crit.layout.objectness else {})
         assigned = crit.assign(feats, targets)
         deps = dense_dependencies(crit, feats, targets, assigned)
         account = gradient_accounting(report, feats, depends=deps, saturation_logits=logits)

@@ -37,7 +37,7 @@ class Block(nn.Module):
 
 
 class TinyDetector(nn.Module):
-    """Outputs the ``feats`` of :class:`detloss.DenseCriterion`: per level ``(B, 4R + C + 2K, H, W)``, the
+    """Outputs the ``feats`` of :class:`detloss.DenseCriterion`: per level ``(B, 4R + C + O + 2K, H, W)``, the
     channels of ``self.layout`` (:class:`~detloss.ops.head_layout.HeadLayout`).
 
     Args:
@@ -47,21 +47,32 @@ class TinyDetector(nn.Module):
         width: channels of the first stage; later stages use 2x and 4x.
         p2: add a stride-4 level (``width`` channels, from the stem and the stride-8 neck output) for
             objects of ~10-40 px; ``strides`` is then ``(4, 8, 16, 32)``, else ``(8, 16, 32)``.
+        objectness: add one objectness logit per anchor (``O = 1``): a 1x1 conv on the box branch's
+            features (where YOLOX puts it: "is an object here" is a question about place, not class),
+            bias at the 1% prior. Off: no extra parameters, the layout and checkpoints of earlier versions.
 
     Example:
         >>> model = TinyDetector(num_classes=6, reg_max=8, num_vertices=8)
         >>> [f.shape for f in model(torch.zeros(1, 3, 64, 64))]
         [torch.Size([1, 54, 8, 8]), torch.Size([1, 54, 4, 4]), torch.Size([1, 54, 2, 2])]
+        >>> TinyDetector(num_classes=6, reg_max=8, objectness=True)(torch.zeros(1, 3, 64, 64))[0].shape
+        torch.Size([1, 39, 8, 8])
     """
 
     def __init__(
-        self, num_classes: int, reg_max: int = 16, num_vertices: int = 0, width: int = 32, p2: bool = False
+        self,
+        num_classes: int,
+        reg_max: int = 16,
+        num_vertices: int = 0,
+        width: int = 32,
+        p2: bool = False,
+        objectness: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes, self.reg_max, self.num_vertices = num_classes, reg_max, num_vertices
         self.strides = (4, 8, 16, 32) if p2 else (8, 16, 32)
-        self.layout = HeadLayout(reg_max, num_classes, num_vertices)
-        box_channels, _, poly_channels = self.layout.groups
+        self.layout = HeadLayout(reg_max, num_classes, num_vertices, objectness)
+        box_channels, _, _, poly_channels = self.layout.groups
         c1, c2, c3 = width, 2 * width, 4 * width
         self.stem = nn.Sequential(ConvNormAct(3, c1 // 2, 3, 2), ConvNormAct(c1 // 2, c1, 3, 2), Block(c1))
         self.stage3 = nn.Sequential(ConvNormAct(c1, c2, 3, 2), Block(c2))  # stride 8
@@ -78,6 +89,7 @@ class TinyDetector(nn.Module):
         self.box = nn.ModuleList(self._branch(c, box_channels) for c in widths)
         self.cls = nn.ModuleList(self._branch(c, num_classes) for c in widths)
         self.poly = nn.ModuleList(self._branch(c, poly_channels) for c in widths) if num_vertices else None
+        self.obj = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in widths) if objectness else None
         self._init_biases()
 
     @staticmethod
@@ -88,6 +100,8 @@ class TinyDetector(nn.Module):
         for box, cls in zip(self.box, self.cls, strict=True):
             nn.init.constant_(box[-1].bias, 1.0)  # uniform-ish bins at the start, as YOLOv8
             nn.init.constant_(cls[-1].bias, math.log(0.01 / 0.99))  # prior 1%: the focal-loss init
+        for obj in self.obj or ():
+            nn.init.constant_(obj.bias, math.log(0.01 / 0.99))  # as the classes: most anchors are background
         if self.poly is not None:
             # Start every anchor's K vertices on a unit K-gon around it, not all at the anchor point: with
             # coincident vertices MGIoU's min/max projections pick one vertex, and `detloss doctor` finds
@@ -100,7 +114,7 @@ class TinyDetector(nn.Module):
                     poly[-1].bias.copy_(ring)
 
     def head_parameters(self, name: str) -> list[nn.Parameter]:
-        """Parameters of one head branch: ``"box"``, ``"cls"`` or ``"poly"`` (for optimizer groups)."""
+        """Parameters of one head branch: ``"box"``, ``"cls"``, ``"poly"`` or ``"obj"`` (for optimizer groups)."""
         branch = getattr(self, name)
         return [] if branch is None else list(branch.parameters())
 
@@ -118,6 +132,11 @@ class TinyDetector(nn.Module):
             levels.insert(0, self.top_down2(torch.cat((F.interpolate(n3, size=x.shape[-2:]), x), 1)))
         out = []
         for i, f in enumerate(levels):
-            parts = [self.box[i](f), self.cls[i](f)] + ([self.poly[i](f)] if self.poly is not None else [])
-            out.append(torch.cat(parts, 1))
+            box = self.box[i]
+            if self.obj is None:
+                parts = [box(f), self.cls[i](f)]
+            else:  # objectness reads the box branch's last features
+                hidden = box[:-1](f)
+                parts = [box[-1](hidden), self.cls[i](f), self.obj[i](hidden)]
+            out.append(torch.cat(parts + ([self.poly[i](f)] if self.poly is not None else []), 1))
         return out

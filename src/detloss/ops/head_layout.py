@@ -15,43 +15,53 @@ from detloss.ops.dfl import dfl_decode
 
 __all__ = ["HeadLayout", "HeadOutputs", "check_level_sizes"]
 
-PARTS = ("box", "cls", "poly")
+PARTS = ("box", "cls", "obj", "poly")
 
 
 @dataclass(frozen=True)
 class HeadLayout:
-    """Channels of each level of a dense (anchor-free, DFL) head: ``4R | C | 2K``.
+    """Channels of each level of a dense (anchor-free, DFL) head: ``4R | C | O | 2K``.
 
     * ``4R`` (``R = reg_max``) DFL box logits, side-major (channel ``side * R + bin``, sides ``l, t, r, b``),
       whose softmax expectation over ``arange(R)`` is the distance from the anchor point in stride units
       (``R == 1``: the channels are the distances themselves);
     * ``C = num_classes`` class logits;
+    * ``O`` (1 with ``objectness``, else 0) an objectness logit: "an object of any class is here";
     * ``2K`` (``K = num_vertices``, 0: no polygon branch) vertex offsets ``x0, y0, x1, y1, ...`` from the
       anchor point, in stride units.
+
+    Objectness sits right after the classes, so ``4R | C | O`` is a prefix of every layout: a reader of
+    the box, class and objectness channels (the unlabelled criterion) slices it off any polygon head.
+    Without objectness the layout is the one of earlier versions, channel for channel.
 
     Example:
         >>> layout = HeadLayout(reg_max=2, num_classes=3, num_vertices=1)
         >>> layout.num_channels, layout.groups, layout.cls
-        (13, (8, 3, 2), slice(8, 11, None))
-        >>> box, cls, poly = layout.split(torch.zeros(1, 13, 4, 4))
-        >>> box.shape, cls.shape, poly.shape
-        (torch.Size([1, 8, 4, 4]), torch.Size([1, 3, 4, 4]), torch.Size([1, 2, 4, 4]))
+        (13, (8, 3, 0, 2), slice(8, 11, None))
+        >>> box, cls, obj, poly = layout.split(torch.zeros(1, 13, 4, 4))
+        >>> box.shape, cls.shape, obj.shape, poly.shape
+        (torch.Size([1, 8, 4, 4]), torch.Size([1, 3, 4, 4]), torch.Size([1, 0, 4, 4]), torch.Size([1, 2, 4, 4]))
+        >>> HeadLayout(reg_max=2, num_classes=3, num_vertices=1, objectness=True).obj
+        slice(11, 12, None)
     """
 
     reg_max: int
     num_classes: int
     num_vertices: int = 0
+    objectness: bool = False
 
     def __post_init__(self) -> None:
         for name, low in (("reg_max", 1), ("num_classes", 1), ("num_vertices", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if not isinstance(self.objectness, bool):
+            raise ValueError(f"objectness must be a bool, got {self.objectness!r}")
 
     @property
-    def groups(self) -> tuple[int, int, int]:
-        """Channel counts ``(4R, C, 2K)`` of the box, class and polygon parts."""
-        return 4 * self.reg_max, self.num_classes, 2 * self.num_vertices
+    def groups(self) -> tuple[int, int, int, int]:
+        """Channel counts ``(4R, C, O, 2K)`` of the box, class, objectness and polygon parts."""
+        return 4 * self.reg_max, self.num_classes, int(self.objectness), 2 * self.num_vertices
 
     @property
     def num_channels(self) -> int:
@@ -67,22 +77,27 @@ class HeadLayout:
         return slice(self.groups[0], self.groups[0] + self.groups[1])
 
     @property
-    def poly(self) -> slice:
-        return slice(self.groups[0] + self.groups[1], self.num_channels)
+    def obj(self) -> slice:
+        start = self.groups[0] + self.groups[1]
+        return slice(start, start + self.groups[2])
 
-    def split(self, x: Tensor, dim: int = 1) -> tuple[Tensor, Tensor, Tensor]:
-        """``(box, cls, poly)`` views of ``x`` along ``dim`` (the channels; ``poly`` has 0 channels when
-        ``K == 0``). A split, not three slices: in backward it writes one dense gradient, where slicing
-        zero-fills a full-size gradient per slice."""
+    @property
+    def poly(self) -> slice:
+        return slice(self.obj.stop, self.num_channels)
+
+    def split(self, x: Tensor, dim: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(box, cls, obj, poly)`` views of ``x`` along ``dim`` (the channels; ``obj`` has 0 channels
+        without objectness, ``poly`` when ``K == 0``). A split, not four slices: in backward it writes one
+        dense gradient, where slicing zero-fills a full-size gradient per slice."""
         if x.shape[dim] != self.num_channels:
             raise ValueError(
-                f"x must have {self.num_channels} (4R + C + 2K) channels in dim {dim}, got {tuple(x.shape)}"
+                f"x must have {self.num_channels} (4R + C + O + 2K) channels in dim {dim}, got {tuple(x.shape)}"
             )
-        box, cls_, poly = x.split(self.groups, dim)
-        return box, cls_, poly
+        box, cls_, obj, poly = x.split(self.groups, dim)
+        return box, cls_, obj, poly
 
     def check(self, feats: Sequence[Tensor], num_levels: int | None = None) -> None:
-        """Raise ``ValueError`` unless ``feats`` is a list of ``(B, 4R + C + 2K, H_l, W_l)`` floating tensors
+        """Raise ``ValueError`` unless ``feats`` is a list of ``(B, 4R + C + O + 2K, H_l, W_l)`` floating tensors
         of one batch size (``num_levels`` of them when given)."""
         if not isinstance(feats, Sequence) or len(feats) == 0 or (num_levels is not None and len(feats) != num_levels):
             count = "a non-empty list" if num_levels is None else f"a list of {num_levels}"
@@ -92,7 +107,7 @@ class HeadLayout:
             check_tensor(f"feats[{i}]", f, (b, self.num_channels, "H", "W"), floating=True)
 
     def flatten(self, feats: Sequence[Tensor], part: str) -> Tensor:
-        """One part (``"box"``, ``"cls"`` or ``"poly"``) of every level, ``(B, A, channels)``: anchors
+        """One part (``"box"``, ``"cls"``, ``"obj"`` or ``"poly"``) of every level, ``(B, A, channels)``: anchors
         numbered level by level, row-major within a level (level ``l``'s cell ``(y, x)`` is
         ``sum(H_j * W_j for j < l) + y * W_l + x``)."""
         if part not in PARTS:
@@ -119,14 +134,17 @@ class HeadLayout:
         starts = [0]
         for h, w in sizes:
             starts.append(starts[-1] + h * w)
-        box, cls_, poly = (list(p) for p in zip(*parts, strict=True))
-        return HeadOutputs(self, box, cls_, poly if self.num_vertices else None, sizes, starts)
+        box, cls_, obj, poly = (list(p) for p in zip(*parts, strict=True))
+        return HeadOutputs(
+            self, box, cls_, poly if self.num_vertices else None, sizes, starts, obj if self.objectness else None
+        )
 
 
 @dataclass(frozen=True)
 class HeadOutputs:
-    """``box[l] (B, 4R, HW_l)``, ``cls[l] (B, C, HW_l)``, ``poly[l] (B, 2K, HW_l)`` views of ``feats[l]``
-    (:meth:`HeadLayout.split_levels`). Anchors are numbered level by level."""
+    """``box[l] (B, 4R, HW_l)``, ``cls[l] (B, C, HW_l)``, ``poly[l] (B, 2K, HW_l)`` and ``obj[l] (B, 1, HW_l)``
+    views of ``feats[l]`` (:meth:`HeadLayout.split_levels`; ``poly`` / ``obj`` ``None`` without that part).
+    Anchors are numbered level by level."""
 
     layout: HeadLayout
     box: list[Tensor]
@@ -134,6 +152,7 @@ class HeadOutputs:
     poly: list[Tensor] | None
     sizes: list[tuple[int, int]]
     starts: list[int]  # first anchor index of each level, plus the total
+    obj: list[Tensor] | None = None
 
     @property
     def batch_size(self) -> int:

@@ -58,6 +58,7 @@ def teacher_pseudo_labels(
     conf: float = 0.001,
     iou: float = 0.6,
     max_det: int = 100,
+    objectness: bool = False,
 ) -> Detections:
     """Candidate pseudo-labels from a teacher's dense-head outputs: NMS first, then DFL entropy.
 
@@ -66,8 +67,8 @@ def teacher_pseudo_labels(
     entropy describes exactly the distribution that produced the box.
 
     Args:
-        feats: one ``(B, 4R + C + 2K, H_l, W_l)`` tensor per level (``R = reg_max``, ``C = num_classes``,
-            ``K = num_vertices``; :class:`~detloss.ops.head_layout.HeadLayout`).
+        feats: one ``(B, 4R + C + O + 2K, H_l, W_l)`` tensor per level (``R = reg_max``, ``C = num_classes``,
+            ``O`` 1 with ``objectness``, ``K = num_vertices``; :class:`~detloss.ops.head_layout.HeadLayout`).
         strides: pixels per cell of each level.
         num_classes: ``C``.
         reg_max: DFL bins per side.
@@ -75,6 +76,7 @@ def teacher_pseudo_labels(
         conf: keep anchors whose best class score is ``> conf`` (low on purpose: the filters decide).
         iou: class-aware NMS IoU threshold.
         max_det: detections per image, best first.
+        objectness: the head has an objectness channel (scores are class x objectness).
 
     Returns:
         One dict per image, sorted by decreasing score: ``boxes (N, 4)`` ``xyxy`` pixels, ``scores (N,)``,
@@ -83,11 +85,13 @@ def teacher_pseudo_labels(
         ``reg_max == 1`` the box channels are direct distances, there is no distribution, and the
         ``entropy`` key is absent (an :class:`EntropyFilter` then raises). No gradient.
     """
-    dets = decode_dense(feats, strides, num_classes, reg_max, num_vertices, conf, iou, max_det, return_index=True)
+    dets = decode_dense(
+        feats, strides, num_classes, reg_max, num_vertices, conf, iou, max_det, return_index=True, objectness=objectness
+    )
     if reg_max < 2:
         return dets
     # (B, A, 4R): the same numbering of anchors that ``index`` refers to
-    box_raw = HeadLayout(reg_max, num_classes, num_vertices).flatten(feats, "box")
+    box_raw = HeadLayout(reg_max, num_classes, num_vertices, objectness).flatten(feats, "box")
     for i, det in enumerate(dets):
         det["entropy"] = dfl_entropy(box_raw[i, det["index"]], reg_max)  # (N,)
     return dets

@@ -144,6 +144,10 @@ class LossConfig(_Strict):
     polygon_corner: bool = True
     corner_beta: float = Field(0.05, gt=0)
     background: BackgroundConfig | None = None
+    # an objectness channel and the `obj` term (BCE: 1 on the positives, 0 elsewhere; detections scored
+    # class x objectness); under `semi` also `u_obj` on the pseudo-boxes, the alternative to the bg penalty
+    objectness: bool = False
+    objectness_target: Literal["hard", "score"] = "hard"  # score: the assigner's soft target, as cls
 
 
 class OptimConfig(_Strict):
@@ -332,7 +336,8 @@ class SemiConfig(_Strict):
     nms_iou: float = Field(0.6, gt=0, le=1)
     max_pseudo: int = Field(50, ge=1)  # pseudo-boxes per image at most
     filters: list[dict] = Field(default_factory=_default_filters)  # applied in order, after NMS
-    unsup_terms: list[Literal["box", "cls", "dfl"]] = Field(default_factory=lambda: ["box", "cls", "dfl"])
+    # the unlabelled terms trained (the others get gain 0); obj needs loss.objectness
+    unsup_terms: list[Literal["box", "cls", "dfl", "obj"]] = Field(default_factory=lambda: ["box", "cls", "dfl"])
     # the unlabelled terms' normalizers (unset: loss.normalizers'). With target_sum, a batch whose images
     # all lack pseudo-boxes divides u_cls by the floor, 1: `detloss doctor` shows it as u_cls dominance.
     normalizers: Normalizers = Field(default_factory=dict)
@@ -379,6 +384,14 @@ class TrainConfig(_Strict):
     def _tiled_needs_tiles(self):
         if self.eval.tiled and (self.data.tile is None or self.data.kind == "shapes"):
             raise ValueError("eval.tiled needs data.tile and a data.kind that reads files (the tiles' size and overlap)")
+        return self
+
+    @model_validator(mode="after")
+    def _objectness_needs_its_model(self):
+        if self.loss.objectness and self.model.kind != "dense":
+            raise ValueError(f"loss.objectness needs model.kind='dense', got {self.model.kind!r}")
+        if self.semi is not None and "obj" in self.semi.unsup_terms and not self.loss.objectness:
+            raise ValueError("semi.unsup_terms has 'obj', which needs loss.objectness: true")
         return self
 
 

@@ -27,7 +27,10 @@ def _load(run: Path) -> tuple[TrainConfig, TinyDetector, object, int]:
         raise ValueError(f"{run}: polygon quality needs a dense run with a polygon branch (loss.num_vertices >= 3)")
     _, val, num_classes = build_datasets(cfg.data, cfg.loss.num_vertices)
     state = read_checkpoint(run / "last.pt")
-    model = TinyDetector(num_classes, cfg.loss.reg_max, cfg.loss.num_vertices, cfg.model.width, cfg.model.p2)
+    loss = cfg.loss
+    model = TinyDetector(
+        num_classes, loss.reg_max, loss.num_vertices, cfg.model.width, cfg.model.p2, objectness=loss.objectness
+    )
     model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
     return cfg, model.eval(), val, num_classes
 
@@ -47,6 +50,7 @@ def run_polygon_report(
         out = decode_dense(
             [f.float() for f in model(images)], model.strides, num_classes, cfg.loss.reg_max,
             num_vertices=cfg.loss.num_vertices, conf=0.001, iou=cfg.eval.nms_iou, max_det=cfg.eval.max_det,
+            objectness=cfg.loss.objectness,
         )  # fmt: skip
         preds += out
         gts += [{k: s[k] for k in ("polygons", "polygon_counts", "labels", "image")} for s in samples]

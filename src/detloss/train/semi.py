@@ -22,7 +22,12 @@ step adds an unlabelled batch:
    zero target and the ``bg`` penalty, and every normalizer is floored, so the terms stay finite.
    With ``semi.soft`` the student's class logits also regress the teacher's sigmoid scores on the
    teacher's ``topk`` anchors per image (0 on the others, ignored anchors left out), ``u_soft``
-   (:mod:`detloss.semi.soft`, its own named normalizer), ramped like the other unlabelled terms;
+   (:mod:`detloss.semi.soft`, its own named normalizer), ramped like the other unlabelled terms.
+   With ``loss.objectness`` (and ``obj`` in ``semi.unsup_terms``), ``u_obj`` trains the student's
+   objectness towards 1 on the anchors assigned to the pseudo-boxes, whatever their class (the teacher's
+   boxes are well placed where its classes are not), and 0 on every other anchor outside the ignore band:
+   report 004's alternative to the background penalty. The teacher's scores (the filters' and the
+   ignore band's) are then class x objectness, as in evaluation;
 3. after the optimizer step the teacher is updated as an EMA of the student.
 
 Logged per step: the filter statistics (``pseudo/kept_per_image``, per class, scores, adaptive thresholds),
@@ -117,7 +122,7 @@ class SemiTrainer(Trainer):
             schedule = background_schedule(loss.background)
         self.unsup = DenseCriterion.from_config(loss, self.num_classes, self.task.model.strides, **overrides)
         self.unsup = self.unsup.to(self.dist.device)
-        # u_box, u_cls, u_dfl: loss.weights x the ramp when in semi.unsup_terms, else 0; u_bg: its schedule
+        # u_box, u_cls, u_dfl, u_obj: loss.weights x the ramp when in semi.unsup_terms, else 0; u_bg: its schedule
         ramp = UnsupRamp(self.semi.unsup_weight, self.burn_in_epochs, self.semi.unsup_warmup)
         ramped = [t for t in self.unsup.terms if t != "bg" and t in self.semi.unsup_terms]
         base = {t: (w if t == "bg" or t in ramped else 0.0) for t, w in self.unsup.weights.items()}
@@ -245,16 +250,20 @@ class SemiTrainer(Trainer):
     @torch.no_grad()
     def pseudo_labels(self, weak: Tensor) -> tuple[list[dict[str, Tensor]], Tensor | None, Tensor | None]:
         """The teacher's detections on ``weak`` after NMS and the filters (``boxes``, ``scores``, ``labels``),
-        the ``(B, A)`` anchors it is unsure of (best class score >= ``semi.ignore_score``; ``None``
-        when that is unset) and its ``(B, A, C)`` sigmoid class scores (``None`` without ``semi.soft``)."""
+        the ``(B, A)`` anchors it is unsure of (score >= ``semi.ignore_score``, the best class's times the
+        objectness with ``loss.objectness``; ``None`` when that is unset) and its ``(B, A, C)`` sigmoid class
+        scores (``None`` without ``semi.soft``)."""
         teacher = self.teacher.module
         feats = [f.float() for f in teacher(weak)]
         loss = self.cfg.loss
         ignore = None
-        layout = HeadLayout(loss.reg_max, self.num_classes, loss.num_vertices)
+        layout = HeadLayout(loss.reg_max, self.num_classes, loss.num_vertices, loss.objectness)
         class_scores = layout.flatten(feats, "cls").sigmoid()  # (B, A, C)
         if self.semi.ignore_score is not None:
-            ignore = class_scores.amax(-1) >= self.semi.ignore_score
+            score = class_scores.amax(-1)
+            if loss.objectness:
+                score = score * layout.flatten(feats, "obj")[..., 0].sigmoid()
+            ignore = score >= self.semi.ignore_score
         candidates = teacher_pseudo_labels(
             feats,
             teacher.strides,
@@ -264,6 +273,7 @@ class SemiTrainer(Trainer):
             conf=self.semi.candidate_conf,
             iou=self.semi.nms_iou,
             max_det=self.semi.max_pseudo,
+            objectness=loss.objectness,
         )
         return self.filters(candidates), ignore, class_scores if self.soft is not None else None
 
@@ -287,14 +297,14 @@ class SemiTrainer(Trainer):
         teacher_scores: Tensor | None = None,
     ) -> StepOutputs:
         """The unlabelled terms of the student on ``strong`` against the pseudo-labels (no polygon term);
-        ``ignore`` ``(B, A)``: anchors left out of ``u_cls``, ``u_bg`` and ``u_soft``; ``teacher_scores``
+        ``ignore`` ``(B, A)``: anchors left out of ``u_cls``, ``u_bg``, ``u_obj`` and ``u_soft``; ``teacher_scores``
         ``(B, A, C)`` in the strong view's anchor order: the targets of ``u_soft`` (with ``semi.soft``)."""
         epoch = self.step / self.steps_per_epoch
         weights = self.unsup_policy.weights(epoch)
         with self.autocast():
             feats = self.runner(strong)
         channels = self.unsup.num_channels
-        feats = [f.float()[:, :channels] for f in feats]  # the box and class channels
+        feats = [f.float()[:, :channels] for f in feats]  # the box, class (and objectness) channels: 4R | C | O
         report = self.unsup(feats, pseudo_targets, ignore=ignore, weights=weights)
         if self.soft is not None:
             gain = self.semi.soft.weight * UnsupRamp(1.0, self.burn_in_epochs, self.semi.unsup_warmup).value(epoch)

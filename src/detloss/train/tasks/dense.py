@@ -29,7 +29,10 @@ class DenseTask(Task):
     def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
         self.cfg = cfg.loss
         self.num_classes = num_classes
-        self.model = TinyDetector(num_classes, cfg.loss.reg_max, cfg.loss.num_vertices, cfg.model.width, cfg.model.p2)
+        loss = cfg.loss
+        self.model = TinyDetector(
+            num_classes, loss.reg_max, loss.num_vertices, cfg.model.width, cfg.model.p2, objectness=loss.objectness
+        )
         self.criterion = DenseCriterion.from_config(cfg.loss, num_classes, self.model.strides)
         schedule = background_schedule(cfg.loss.background)
         self.schedules = {"bg": schedule} if schedule is not None else {}
@@ -77,6 +80,7 @@ class DenseTask(Task):
             conf=conf,
             iou=iou,
             max_det=max_det,
+            objectness=self.cfg.objectness,
         )
         for p in preds:
             if "polygons" in p:
