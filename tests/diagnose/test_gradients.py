@@ -10,6 +10,7 @@ import torch
 from detloss import BackgroundPenalty, DenseCriterion, LossReport, make_term
 from detloss.data.synthetic import random_feats, random_targets
 from detloss.diagnose import check_dead, check_dominance, dense_dependencies, gradient_accounting, saturation
+from detloss.diagnose.doctor import Doctor
 
 ONE = torch.ones(())
 
@@ -245,3 +246,19 @@ def test_background_logit_clamp_shows_up_as_dead_gradient():
     expected = float((top.abs() > clamp).float().mean())
     acc = gradient_accounting(crit(feats, targets), feats, depends=deps)
     assert 0.0 < acc.dead["bg"] == pytest.approx(expected)
+
+
+def test_dense_dependencies_objectness_is_its_own_channel_of_every_anchor():
+    r, c, k = 16, 3, 8
+    crit, feats, targets = _dense(classes=c, image=64, objectness=True)
+    deps = dense_dependencies(crit, feats, targets)
+    assert list(deps) == ["box", "dfl", "cls", "poly", "obj"]
+    obj = torch.cat([m.flatten(2) for m in deps["obj"]], 2)  # (B, ch, A)
+    assert obj[:, 4 * r + c].all() and obj.sum() == obj.shape[0] * obj.shape[2]  # channel 4R + C only
+    poly = torch.cat([m.flatten(2) for m in deps["poly"]], 2)
+    assert not poly[:, 4 * r + c].any() and poly[:, 4 * r + c + 1 :].any()  # polygon channels after O
+    report = crit(feats, targets)
+    acc = gradient_accounting(report, feats, depends=deps)
+    assert acc.dead == {name: 0.0 for name in deps} and acc.norms["obj"] > 0
+    m = Doctor().measure(1, crit(feats, targets), feats, crit, targets)  # the doctor accounts it too
+    assert m.account.shares["obj"] > 0 and {"cls", "obj"} <= set(m.account.saturated)

@@ -109,3 +109,22 @@ def test_return_index_is_the_flat_anchor_index():
             torch.testing.assert_close(a[k], b[k])
     (empty,) = decode_dense(_feats(1, c, r, 0, [(2, 2)]), (8,), c, r, return_index=True)
     assert empty["index"].shape == (0,) and empty["index"].dtype == torch.int64
+
+
+def test_objectness_scores_are_class_times_objectness():
+    # two anchors 2 cells apart (no overlap): A has class 0 at sigmoid(3) = 0.9526 but objectness
+    # sigmoid(-3) = 0.0474 -> 0.0452; B has class 1 at 1/2 and objectness sigmoid(2) = 0.8808 -> 0.4404
+    c, r = 2, 1
+    feats = [torch.full((1, 4 * r + c + 1, 1, 3), OFF)]
+    f = feats[0][0]
+    f[: 4 * r] = 0.4  # direct ltrb distances (reg_max 1): 0.8-cell boxes
+    f[4, 0, 0], f[6, 0, 0] = 3.0, -3.0  # anchor A: class 0, objectness
+    f[5, 0, 2], f[6, 0, 2] = 0.0, 2.0  # anchor B: class 1, objectness
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    (det,) = decode_dense(feats, (8,), c, r, conf=0.01, objectness=True, return_index=True)
+    assert det["index"].tolist() == [2, 0] and det["labels"].tolist() == [1, 0]  # B first: the product ranks
+    torch.testing.assert_close(det["scores"], torch.tensor([0.5 * sig(2.0), sig(3.0) * sig(-3.0)]))
+    (strict,) = decode_dense(feats, (8,), c, r, conf=0.1, objectness=True)  # conf applies to the product
+    assert strict["labels"].tolist() == [1]
+    (plain,) = decode_dense([f[None, : 4 * r + c] for f in feats[0]], (8,), c, r, conf=0.01)
+    torch.testing.assert_close(plain["scores"], torch.tensor([sig(3.0), 0.5]))  # without: class scores only

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from detloss.models import TinyDetector
@@ -36,3 +39,27 @@ def test_the_criterion_takes_the_models_strides():
     cfg = load_config(None, ["model.p2=true", "loss.num_vertices=0"])
     task = DenseTask(cfg, num_classes=3)
     assert task.criterion.strides == (4.0, 8.0, 16.0, 32.0) == tuple(float(s) for s in task.model.strides)
+
+
+def test_objectness_output_reads_the_box_features_and_leaves_the_rest_unchanged():
+    x = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(0)
+    base = TinyDetector(num_classes=2, reg_max=4, width=8, num_vertices=3)
+    torch.manual_seed(0)
+    obj = TinyDetector(num_classes=2, reg_max=4, width=8, num_vertices=3, objectness=True)
+    assert obj.layout.objectness and not base.layout.objectness
+    # off: no objectness parameters, so earlier checkpoints load; on: one 1x1 conv per level, nothing else new
+    assert not any(k.startswith("obj.") for k in base.state_dict())
+    new = {f"obj.{i}.{p}" for i in range(3) for p in ("weight", "bias")}
+    assert set(obj.state_dict()) - set(base.state_dict()) == new
+    base_out, obj_out = base(x), obj(x)
+    assert [f.shape[1] for f in obj_out] == [4 * 4 + 2 + 1 + 2 * 3] * 3
+    keep = [c for c in range(obj_out[0].shape[1]) if c != obj.layout.obj.start]
+    for b, o in zip(base_out, obj_out, strict=True):  # box, class and polygon channels as without objectness
+        torch.testing.assert_close(o[:, keep], b)
+    assert all(conv.bias.item() == pytest.approx(math.log(0.01 / 0.99)) for conv in obj.obj)  # the 1% prior
+    # the objectness logit trains its conv and the box branch it reads, not the class branch
+    sum(f[:, obj.layout.obj].sum() for f in obj(x)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in obj.obj.parameters())
+    assert obj.box[0][0][0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in obj.cls.parameters())

@@ -100,3 +100,20 @@ def test_every_dense_head_reader_uses_the_criterion_layout():
     model = TinyDetector(num_classes=3, reg_max=4, num_vertices=5, width=8)
     assert crit.layout == model.layout == HeadLayout(4, 3, 5)
     assert [f.shape[1] for f in model(torch.zeros(1, 3, 64, 64))] == [4 * 4 + 3 + 2 * 5] * 3
+
+
+def test_objectness_part_sits_after_the_classes():
+    with_obj = HeadLayout(reg_max=2, num_classes=3, num_vertices=1, objectness=True)  # 8 | 3 | 1 | 2
+    assert with_obj.groups == (8, 3, 1, 2) and with_obj.num_channels == 14
+    assert (with_obj.cls, with_obj.obj, with_obj.poly) == (slice(8, 11), slice(11, 12), slice(12, 14))
+    without = HeadLayout(reg_max=2, num_classes=3, num_vertices=1)
+    assert without.num_channels == 13 and without.obj == slice(11, 11) and without.poly == slice(11, 13)
+    feats = [_numbered(14, 2, 2, level=0), _numbered(14, 1, 1, level=1)]
+    obj = with_obj.flatten(feats, "obj")
+    assert obj.shape == (1, 5, 1) and obj[0, :, 0].tolist() == [11000.0, 11001.0, 11002.0, 11003.0, 11100.0]
+    assert with_obj.flatten(feats, "poly")[0, 4].tolist() == [12100.0, 13100.0]
+    head = with_obj.split_levels(feats, strides=(8, 16))
+    assert [tuple(o.shape) for o in head.obj] == [(1, 1, 4), (1, 1, 1)]
+    assert without.split_levels([f[:, :13] for f in feats], strides=(8, 16)).obj is None
+    with pytest.raises(ValueError, match="objectness must be a bool"):
+        HeadLayout(reg_max=2, num_classes=3, objectness=1)

@@ -167,3 +167,33 @@ def test_scale_crop_views_train_on_the_moved_pseudo_boxes_and_do_not_mix_with_so
     assert all(r["u_box/num_pos"] > 0 and math.isfinite(r["u_box"]) and math.isfinite(r["u_cls"]) for r in semi)
     with pytest.raises(ValueError, match="scale_jitter"):
         load_config(None, [*SEMI, "semi.soft={topk: 5}", "semi.geometric={scale_jitter: 0.2}"])
+
+
+#: The objectness branch instead of the unlabelled background penalty (configs/semi_objectness.yaml's choice).
+OBJECTNESS = ["loss.objectness=true", "semi.background=null", "semi.unsup_terms=[box, dfl, obj]"]
+
+
+def test_objectness_branch_trains_u_obj_on_the_pseudo_boxes_and_stays_finite_without_them(tmp_path):
+    # default filters on a barely trained teacher: no pseudo-box, u_obj pushes every kept anchor to 0
+    empty = build_trainer(load_config(None, [*SEMI, *OBJECTNESS, f"out_dir={tmp_path / 'a'}", "max_steps=5"]))
+    assert empty.model.layout.objectness and empty.unsup.terms == ["box", "cls", "dfl", "obj"]
+    empty.fit()
+    semi = read_csv(tmp_path / "a" / "steps.csv")[3:]
+    assert all(r["pseudo/kept_per_image"] == 0 and r["u_obj/num_pos"] == 0 for r in semi)
+    assert all(math.isfinite(r["u_obj"]) for r in semi) and semi[1]["u_obj"] > 0  # gain 0 at the first step
+    assert all(math.isfinite(r["obj"]) and r["obj"] > 0 for r in semi)
+    assert "u_bg" not in semi[0] and all(r["u_cls/weight"] == 0 for r in semi)  # not in unsup_terms
+    # pseudo-boxes on every image: u_obj's positives are u_box's (the pseudo-boxes', whatever their class).
+    # Scores are class x objectness, about 1e-4 at the 1% priors, so the thresholds go lower than KEEP_ALL's
+    keep_all = [
+        "semi.candidate_conf=0.00001", "semi.filters=[{kind: score, threshold: 0.00002}]", "semi.ignore_score=1e-4"
+    ]  # fmt: skip
+    kept = build_trainer(load_config(None, [*SEMI, *OBJECTNESS, *keep_all, f"out_dir={tmp_path / 'b'}", "max_steps=5"]))
+    kept.fit()
+    semi = read_csv(tmp_path / "b" / "steps.csv")[3:]
+    assert all(r["u_obj/num_pos"] == r["u_box/num_pos"] > 0 for r in semi)
+    # the ignore band leaves out the same anchors as u_cls's (one element per anchor there, C per anchor here)
+    assert all(r["u_obj/num_elements"] * kept.num_classes == r["u_cls/num_elements"] for r in semi)
+    assert all(0 < r["pseudo/ignored_anchors"] < 1 and r["u_obj/num_elements"] < 4 * 336 for r in semi)
+    with pytest.raises(ValueError, match="needs loss.objectness"):
+        load_config(None, [*SEMI, "semi.unsup_terms=[box, obj]"])

@@ -57,11 +57,12 @@ def decode_dense(
 
     Returns:
         One dict per image: ``boxes (N, 4)`` ``xyxy`` pixels, ``scores (N,)`` (sigmoid of the best class
-        logit, times the objectness sigmoid with ``objectness``), ``labels (N,)`` int64, and with ``num_vertices > 0`` ``polygons (N, K, 2)`` pixels; sorted
-        by decreasing score. With ``return_index`` also ``index (N,)`` int64: the flat anchor index of
-        each detection, levels concatenated in order and row-major within a level (level ``l``'s cell
-        ``(y, x)`` is ``sum(H_j * W_j for j < l) + y * W_l + x``), so a caller can read that anchor's raw
-        outputs, e.g. its DFL logits. Computed in float32 without gradient.
+        logit, times the objectness sigmoid with ``objectness``), ``labels (N,)`` int64, and with
+        ``num_vertices > 0`` ``polygons (N, K, 2)`` pixels; sorted by decreasing score. With
+        ``return_index`` also ``index (N,)`` int64: the flat anchor index of each detection, levels
+        concatenated in order and row-major within a level (level ``l``'s cell ``(y, x)`` is
+        ``sum(H_j * W_j for j < l) + y * W_l + x``), so a caller can read that anchor's raw outputs, e.g.
+        its DFL logits. Computed in float32 without gradient.
 
     Example:
         >>> feats = [torch.full((1, 11, 2, 2), -10.0)]  # 4 sides x 2 bins + 3 classes
