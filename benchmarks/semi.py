@@ -10,6 +10,7 @@ as in the configs), skipping runs whose ``epochs.csv`` already has the last epoc
 reads them. Runs (:data:`RUNS`):
 
 * ``sup``: ``configs/supervised_10pct.yaml`` (the labelled images only); ``sup100``: all images labelled;
+  ``sup_obj``: ``sup`` with the objectness branch (``loss.objectness=true``);
 * ``semi``: ``configs/semi.yaml``;
 * ``soft_geo``: ``configs/semi_soft_geo.yaml`` (geometric strong views + dense soft class targets);
 * ``geo``, ``soft``: one of the two; ``cls_geo``: geometric views with hard ``u_cls``;
@@ -43,6 +44,7 @@ SOFT_GEO = "configs/semi_soft_geo.yaml"
 RUNS: dict[str, tuple[str, list[str]]] = {
     "sup": ("configs/supervised_10pct.yaml", []),
     "sup100": ("configs/supervised_10pct.yaml", []),  # labelled_fraction forced to 1 below
+    "sup_obj": ("configs/supervised_10pct.yaml", ["loss.objectness=true"]),
     "semi": ("configs/semi.yaml", []),
     "soft_geo": (SOFT_GEO, []),
     "geo": (SOFT_GEO, ["semi.soft=null"]),
