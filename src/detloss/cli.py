@@ -1,6 +1,7 @@
 """``detloss``: train, compare runs, or inspect a criterion's report.
 
     detloss train [--config run.yaml] [key.sub=value ...]   # train on the built-in shapes by default
+    detloss val RUN_DIR [eval.tta=d4] [eval.key=value ...]  # evaluate a finished run again (TTA, NMS, conf)
     detloss compare RUN_A RUN_B [RUN ...]                   # overlay runs: figure and table
     detloss polygons RUN_DIR [--conf 0.25] [--tol 1] [--plot 4]  # per-class polygon IoU, redundant vertices
     detloss doctor [--config run.yaml] [key.sub=value ...] [--steps 50] [--json out.json] [--run RUN]
@@ -88,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
     polygons.add_argument("--tol", type=float, default=1.0, help="px: coincident / collinear vertices (default 1)")
     polygons.add_argument("--worst", type=int, default=3, help="worst cases listed per class (default 3)")
     polygons.add_argument("--plot", type=int, default=4, metavar="N", help="plot the N worst per class (0: no plot)")
+    val = sub.add_parser("val", help="evaluate a finished run's checkpoint again, e.g. eval.tta=d4")
+    val.add_argument("run", metavar="RUN_DIR", help="a run folder (config.yaml, last.pt)")
+    val.add_argument("overrides", nargs="*", metavar="eval.key=value", help="eval.*, device or threads")
+    val.add_argument("--checkpoint", default="last.pt", help="file in RUN_DIR (default last.pt)")
     compare = sub.add_parser("compare", help="overlay two runs or more")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="two runs or more")
     compare.add_argument("--out", default=None, help="folder for the figure (default: the first run)")
@@ -193,6 +198,13 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def val(args: argparse.Namespace) -> int:
+    from detloss.train.validate import validate_run
+
+    print(metrics_table(validate_run(args.run, args.overrides, args.checkpoint)))
+    return 0
+
+
 def polygons(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -220,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     commands = {
         "report": print_report, "train": train, "compare": compare, "doctor": doctor, "data": data,
-        "polygons": polygons,
+        "polygons": polygons, "val": val,
     }  # fmt: skip
     try:
         return commands[args.command](args)

@@ -241,6 +241,8 @@ class EvalConfig(_Strict):
     max_det: int = Field(100, ge=1)
     plots: bool = True
     tiled: bool = False  # needs data.tile: AP on the full validation images by tiled inference (max_det per image)
+    # test-time augmentation (detloss.evaluate.tta): 4 flips or the 8 flips/transposes, merged by NMS + box voting
+    tta: Literal["flips", "d4"] | None = None
 
 
 class BalanceConfig(_Strict):

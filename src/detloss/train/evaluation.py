@@ -7,15 +7,23 @@ from torch import nn
 
 from detloss.data.collate import collate
 from detloss.evaluate import box_map, polygon_map
+from detloss.evaluate.tta import tta_predict
 from detloss.train.config import TrainConfig
 from detloss.train.tasks import Task
 
 
 @torch.no_grad()
 def predict(task: Task, model: nn.Module, images: torch.Tensor, cfg: TrainConfig, conf: float = 0.001) -> list[dict]:
-    """Per-image prediction dicts in pixels from ``task``'s decoder, with the NMS settings of ``cfg.eval``."""
+    """Per-image prediction dicts in pixels from ``task``'s decoder, with the NMS settings of ``cfg.eval``
+    (and its test-time augmentation, ``eval.tta``)."""
     model.eval()
-    return task.predict(model, images, conf, cfg.eval.nms_iou, cfg.eval.max_det)
+
+    def run(x: torch.Tensor) -> list[dict]:
+        return task.predict(model, x, conf, cfg.eval.nms_iou, cfg.eval.max_det)
+
+    if cfg.eval.tta is None:
+        return run(images)
+    return tta_predict(run, images, cfg.eval.tta, cfg.eval.nms_iou, cfg.eval.max_det)
 
 
 def ground_truth(sample: dict) -> dict:
