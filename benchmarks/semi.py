@@ -40,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 SOFT_GEO = "configs/semi_soft_geo.yaml"
+#: the labelled images also flipped vertically and quarter-turned (with data.hflip: all of D4)
+D4_LABELLED = ["data.vflip=0.5", "data.rot90=0.5"]
 #: name -> (config, overrides)
 RUNS: dict[str, tuple[str, list[str]]] = {
     "sup": ("configs/supervised_10pct.yaml", []),
@@ -53,6 +55,9 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "bg_none": (SOFT_GEO, ["semi.background=null"]),
     "bg_strong": (SOFT_GEO, ["semi.background.max_value=100"]),
     "objectness": ("configs/semi_objectness.yaml", []),
+    "sup_d4": ("configs/supervised_10pct.yaml", D4_LABELLED),
+    "soft_geo_d4": (SOFT_GEO, D4_LABELLED),
+    "poly_geo": (SOFT_GEO, ["semi.unsup_terms=[box, dfl, poly, corner]"]),
 }
 #: The background ablation: the unlabelled penalty off / default / strong, and the objectness branch instead.
 BACKGROUND_RUNS = ["bg_none", "soft_geo", "bg_strong", "objectness"]

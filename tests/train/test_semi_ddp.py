@@ -39,6 +39,10 @@ OBJECTNESS = [
 ]  # fmt: skip
 
 
+#: The teacher's polygons (convex hulls) as targets of the student's polygon head, in geometric views.
+POLYGONS = ["semi.unsup_terms=[box, dfl, poly, corner]", "semi.geometric={hflip: 0.5, vflip: 0.5, rot90: 0.5}"]
+
+
 def _semi_steps(rank: int, world: int, out: str, extra: tuple[str, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
     trainer = build_trainer(load_config(None, [*DDP_SEMI, *extra, f"out_dir={out}"]))
     batches = trainer.batches(0)
@@ -55,7 +59,9 @@ def _semi_steps(rank: int, world: int, out: str, extra: tuple[str, ...] = ()) ->
 
 
 @pytest.mark.parametrize(
-    "extra", [(), tuple(STRONGER), tuple(OBJECTNESS)], ids=["photometric", "soft+geometric", "objectness"]
+    "extra",
+    [(), tuple(STRONGER), tuple(OBJECTNESS), tuple(POLYGONS)],
+    ids=["photometric", "soft+geometric", "objectness", "polygons"],
 )
 def test_two_processes_take_the_same_semi_supervised_steps_as_one(tmp_path, extra):
     torch.set_num_threads(1)
