@@ -352,6 +352,9 @@ class SemiConfig(_Strict):
     quality_iou: float = Field(0.5, gt=0, le=1)  # pseudo-label precision/recall against the hidden labels
     geometric: GeometricViewConfig = Field(default_factory=GeometricViewConfig)  # off by default
     soft: SoftTargetConfig | None = None  # dense soft class targets (u_soft); None: off
+    # the teacher's class (and objectness) scores averaged over the 8 flips / quarter turns of the weak view
+    # (detloss.semi.tta): 8 teacher forwards per step; square images whose side is a multiple of the strides
+    teacher_tta: bool = False
 
     @model_validator(mode="after")
     def _soft_needs_grid_views(self):

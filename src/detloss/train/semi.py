@@ -5,7 +5,9 @@ alone. Then the teacher is copied from the student (:class:`~detloss.semi.teache
 step adds an unlabelled batch:
 
 1. the teacher sees the weak view (the flip the labelled images get) and its detections go through NMS and
-   then ``semi.filters`` in order (:mod:`detloss.semi.filters`): the pseudo-labels;
+   then ``semi.filters`` in order (:mod:`detloss.semi.filters`): the pseudo-labels. With
+   ``semi.teacher_tta`` its class (and objectness) scores are averaged over the eight flips and quarter
+   turns of the weak view (:mod:`detloss.semi.tta`), for the filters, the ignore band and ``u_soft`` alike;
 2. the student sees the strong view: the geometric one of ``semi.geometric``
    (:mod:`detloss.semi.views`: flips, quarter turns, a scale-crop; off by default), which moves the
    pseudo-boxes, their polygons, the ignore band and the teacher's dense scores with the image, then
@@ -64,6 +66,7 @@ from detloss.semi.polygons import hull_pseudo_polygons
 from detloss.semi.quality import pseudo_label_quality
 from detloss.semi.soft import DenseSoftClassTerm
 from detloss.semi.teacher import EMATeacher
+from detloss.semi.tta import ensemble_class_scores
 from detloss.semi.views import GeometricView, draw_view
 from detloss.train.checkpoint import load_part, read_resume
 from detloss.train.config import TrainConfig
@@ -259,15 +262,19 @@ class SemiTrainer(Trainer):
 
     @torch.no_grad()
     def pseudo_labels(self, weak: Tensor) -> tuple[list[dict[str, Tensor]], Tensor | None, Tensor | None]:
-        """The teacher's detections on ``weak`` after NMS and the filters (``boxes``, ``scores``, ``labels``),
+        """The teacher's detections on ``weak`` after NMS and the filters (``boxes``, ``scores``, ``labels``;
+        with ``semi.teacher_tta`` the class and objectness scores averaged over the D4 views of ``weak``),
         the ``(B, A)`` anchors it is unsure of (score >= ``semi.ignore_score``, the best class's times the
         objectness with ``loss.objectness``; ``None`` when that is unset) and its ``(B, A, C)`` sigmoid class
         scores (``None`` without ``semi.soft``)."""
         teacher = self.teacher.module
-        feats = [f.float() for f in teacher(weak)]
         loss = self.cfg.loss
         ignore = None
         layout = HeadLayout(loss.reg_max, self.num_classes, loss.num_vertices, loss.objectness)
+        if self.semi.teacher_tta:
+            feats = ensemble_class_scores(teacher, weak, layout)
+        else:
+            feats = [f.float() for f in teacher(weak)]
         class_scores = layout.flatten(feats, "cls").sigmoid()  # (B, A, C)
         if self.semi.ignore_score is not None:
             score = class_scores.amax(-1)
