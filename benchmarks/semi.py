@@ -16,7 +16,12 @@ reads them. Runs (:data:`RUNS`):
 * ``geo``, ``soft``: one of the two; ``cls_geo``: geometric views with hard ``u_cls``;
 * ``bg_none``, ``bg_strong``: ``soft_geo`` with the unlabelled background penalty off / at 100;
 * ``objectness``: ``configs/semi_objectness.yaml`` (``soft_geo`` with an objectness branch, ``u_obj`` on the
-  pseudo-boxes, and no penalty).
+  pseudo-boxes, and no penalty);
+* ``poly_geo``: ``soft_geo`` with the teacher's polygons as targets (``u_poly``, ``u_corner``);
+* ``sup_d4``, ``semi_d4``, ``soft_geo_d4``: ``sup``, ``semi``, ``soft_geo`` with the labelled images also
+  flipped vertically and quarter-turned (``data.vflip``, ``data.rot90``); ``semi_d4_nobg``: ``semi_d4``
+  without the unlabelled background penalty; ``semi_d4_w0``: its control, the loop with unlabelled gain 0;
+  ``sup_aug``: ``sup_d4`` with HSV jitter; ``sup_d4_e120``: ``sup_d4`` for 120 epochs (a diagnostic).
 
 ``--background-ablation`` runs :data:`BACKGROUND_RUNS`: no penalty / default (``soft_geo``) / strong /
 objectness branch, on the same seeds and fractions.
@@ -40,6 +45,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 SOFT_GEO = "configs/semi_soft_geo.yaml"
+#: the labelled images also flipped vertically and quarter-turned (with data.hflip: all of D4)
+D4_LABELLED = ["data.vflip=0.5", "data.rot90=0.5"]
+#: the student's geometric view of the unlabelled images: all of D4 as well
+D4_UNLABELLED = ["semi.geometric={hflip: 0.5, vflip: 0.5, rot90: 0.5}"]
+CLS = "semi.unsup_terms=[box, cls, dfl]"
+TTA = "semi.teacher_tta=true"
+E120 = ["epochs=120", "eval.every_epochs=10"]
+#: D4 and HSV jitter (hue +-0.04 turn keeps warm and cool apart) on the labelled images
+AUG_LABELLED = [*D4_LABELLED, "data.hsv=[0.04, 0.3, 0.3]"]
 #: name -> (config, overrides)
 RUNS: dict[str, tuple[str, list[str]]] = {
     "sup": ("configs/supervised_10pct.yaml", []),
@@ -53,6 +67,20 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "bg_none": (SOFT_GEO, ["semi.background=null"]),
     "bg_strong": (SOFT_GEO, ["semi.background.max_value=100"]),
     "objectness": ("configs/semi_objectness.yaml", []),
+    "sup_d4": ("configs/supervised_10pct.yaml", D4_LABELLED),
+    "soft_geo_d4": (SOFT_GEO, D4_LABELLED),
+    "semi_d4": ("configs/semi.yaml", D4_LABELLED),
+    "semi_d4_nobg": ("configs/semi.yaml", [*D4_LABELLED, "semi.background=null"]),
+    # the control: the loop with no unlabelled gradient (the teacher is evaluated, as in every semi run)
+    "semi_d4_w0": ("configs/semi.yaml", [*D4_LABELLED, "semi.background=null", "semi.unsup_weight=0"]),
+    "poly_geo": (SOFT_GEO, ["semi.unsup_terms=[box, dfl, poly, corner]"]),
+    "sup_aug": ("configs/supervised_10pct.yaml", AUG_LABELLED),
+    "sup_d4_e120": ("configs/supervised_10pct.yaml", [*D4_LABELLED, *E120]),
+    # 120 epochs, burn-in 60: the teacher is copied once supervised training has learnt the shapes
+    "cls_d4_e120": ("configs/semi.yaml", [*D4_LABELLED, *E120, "semi.burn_in=60", *D4_UNLABELLED, CLS]),
+    "semi_d4_e120": ("configs/semi.yaml", [*D4_LABELLED, *E120, "semi.burn_in=60"]),
+    "tta_d4_e120": ("configs/semi.yaml", [*D4_LABELLED, *E120, "semi.burn_in=60", *D4_UNLABELLED, CLS, TTA]),
+    "soft_geo_aug": (SOFT_GEO, AUG_LABELLED),
 }
 #: The background ablation: the unlabelled penalty off / default / strong, and the objectness branch instead.
 BACKGROUND_RUNS = ["bg_none", "soft_geo", "bg_strong", "objectness"]
@@ -138,7 +166,7 @@ def main() -> None:
             for name in args.runs:
                 for seed in args.seeds:
                     train(name, fraction, seed, args.out, args.threads)
-    header = (f"{'run':<10} {'labelled':>8} {'seed':>4} {'AP50':>6} {'best':>6} {'P':>6} {'R':>6} {'student':>7} "
+    header = (f"{'run':<13} {'labelled':>8} {'seed':>4} {'AP50':>6} {'best':>6} {'P':>6} {'R':>6} {'student':>7} "
               f"{'pseudo P':>8} {'pseudo R':>8} {'box P':>6} {'min kept':>8} {'wall s':>7}")  # fmt: skip
     print(header)
     for i, fraction in enumerate(args.fractions):
@@ -150,7 +178,7 @@ def main() -> None:
                 if not s:
                     continue
                 frac = 1.0 if name == "sup100" else fraction
-                print(f"{name:<10} {frac:>8g} {seed:>4} {s['ap50']:>6.3f} {s['best']:>6.3f} {s['precision']:>6.3f} "
+                print(f"{name:<13} {frac:>8g} {seed:>4} {s['ap50']:>6.3f} {s['best']:>6.3f} {s['precision']:>6.3f} "
                       f"{s['recall']:>6.3f} {s['student']:>7.3f} {s['pseudo_p']:>8.2f} {s['pseudo_r']:>8.2f} "
                       f"{s['pseudo_box_p']:>6.2f} {s['min_kept']:>8.0f} {s['wall']:>7.0f}")  # fmt: skip
 

@@ -39,6 +39,10 @@ OBJECTNESS = [
 ]  # fmt: skip
 
 
+#: The teacher's polygons (convex hulls) as targets of the student's polygon head, in geometric views.
+POLYGONS = ["semi.unsup_terms=[box, dfl, poly, corner]", "semi.geometric={hflip: 0.5, vflip: 0.5, rot90: 0.5}"]
+
+
 def _semi_steps(rank: int, world: int, out: str, extra: tuple[str, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
     trainer = build_trainer(load_config(None, [*DDP_SEMI, *extra, f"out_dir={out}"]))
     batches = trainer.batches(0)
@@ -55,14 +59,17 @@ def _semi_steps(rank: int, world: int, out: str, extra: tuple[str, ...] = ()) ->
 
 
 @pytest.mark.parametrize(
-    "extra", [(), tuple(STRONGER), tuple(OBJECTNESS)], ids=["photometric", "soft+geometric", "objectness"]
+    "extra",
+    [(), tuple(STRONGER), tuple(OBJECTNESS), tuple(POLYGONS), (*STRONGER, "semi.teacher_tta=true")],
+    ids=["photometric", "soft+geometric", "objectness", "polygons", "teacher_tta"],
 )
 def test_two_processes_take_the_same_semi_supervised_steps_as_one(tmp_path, extra):
     torch.set_num_threads(1)
     single = _semi_steps(0, 1, str(tmp_path / "single"), extra)
     assert (single["kept"]["k"] > 0).all()  # pseudo-boxes on both steps: the unlabelled box terms train
     init = load_config(None, [*DDP_SEMI, *extra]).semi.filters[1]["init"]
-    assert (single["thresholds"]["t"] > 5 * init).all()  # moved from init by the candidates' mean score
+    # moved from init by the candidates' mean score (measured 0.0116-0.0137; D4-averaged: 0.0096-0.0115)
+    assert (single["thresholds"]["t"] > 4 * init).all()
     per_rank = spawn_gloo(_semi_steps, 2, str(tmp_path / "ddp"), extra)
     for result in per_rank:
         for part in ("student", "teacher", "thresholds"):

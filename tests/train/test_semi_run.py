@@ -12,6 +12,7 @@ from detloss.testing.tiny import TINY_RUN
 from detloss.train.build import build_trainer
 from detloss.train.config import load_config
 from detloss.train.logs import read_csv
+from detloss.semi.views import GeometricView
 from detloss.train.semi import SemiTrainer
 
 SEMI = [
@@ -197,3 +198,57 @@ def test_objectness_branch_trains_u_obj_on_the_pseudo_boxes_and_stays_finite_wit
     assert all(0 < r["pseudo/ignored_anchors"] < 1 and r["u_obj/num_elements"] < 4 * 336 for r in semi)
     with pytest.raises(ValueError, match="needs loss.objectness"):
         load_config(None, [*SEMI, "semi.unsup_terms=[box, obj]"])
+
+
+#: The teacher's polygons (their convex hulls) as targets of the student's polygon head.
+POLYGONS = "semi.unsup_terms=[box, dfl, poly, corner]"
+
+
+def test_polygon_pseudo_labels_train_u_poly_and_u_corner_and_stay_finite_without_them(tmp_path):
+    # default filters on a barely trained teacher: no pseudo-box, the polygon terms are 0 and finite
+    empty = build_trainer(load_config(None, [*SEMI, POLYGONS, f"out_dir={tmp_path / 'a'}", "max_steps=5"]))
+    assert empty.unsup.terms == ["box", "cls", "dfl", "poly", "corner", "bg"]
+    empty.fit()
+    semi = read_csv(tmp_path / "a" / "steps.csv")[3:]
+    assert all(r["pseudo/kept_per_image"] == 0 and r["u_poly/num_pos"] == 0 for r in semi)
+    assert all(r[t] == 0 for r in semi for t in ("u_poly", "u_corner"))
+    assert all(torch.isfinite(p).all() for p in empty.model.parameters())
+    # pseudo-boxes on every image: the polygon terms' positives are the box term's, ramped like it
+    kept = build_trainer(load_config(None, [*SEMI, KEEP_ALL, POLYGONS, f"out_dir={tmp_path / 'b'}", "max_steps=5"]))
+    kept.fit()
+    semi = read_csv(tmp_path / "b" / "steps.csv")[3:]
+    assert all(r["u_poly/num_pos"] == r["u_corner/num_pos"] == r["u_box/num_pos"] > 0 for r in semi)
+    assert all(math.isfinite(r["u_poly"]) and math.isfinite(r["u_corner"]) for r in semi)
+    assert semi[0]["u_poly/weight"] == 0 and semi[1]["u_poly/weight"] > 0 and semi[1]["u_corner"] > 0
+    assert semi[1]["u_poly/weight"] / semi[1]["poly/weight"] == pytest.approx(semi[1]["semi/unsup_weight"])
+
+
+def test_polygon_terms_need_the_polygon_branch():
+    with pytest.raises(ValueError, match="needs loss.num_vertices"):
+        load_config(None, [*SEMI, POLYGONS, "loss.num_vertices=0"])
+    with pytest.raises(ValueError, match="needs loss.polygon_corner"):
+        load_config(None, [*SEMI, POLYGONS, "loss.polygon_corner=false"])
+
+
+def test_teacher_tta_scores_follow_a_quarter_turn_of_the_image_and_stay_finite_without_pseudo_boxes(tmp_path):
+    run = [*SEMI, KEEP_ALL, "semi.soft={topk: 5}", "semi.teacher_tta=true", f"out_dir={tmp_path / 'a'}", "max_steps=4"]
+    trainer = build_trainer(load_config(None, run))
+    trainer.fit()  # the teacher is copied at step 3
+    weak = trainer.unlabelled_batch_at(3)[0]
+    turn = GeometricView(turns=1)
+    views = [turn] * weak.shape[0]
+    hw = tuple(weak.shape[-2:])
+    # averaged over D4, the teacher's scores of the turned image are its scores of the image, turned
+    _, _, scores = trainer.pseudo_labels(weak)
+    _, _, turned = trainer.pseudo_labels(turn.apply_grid(weak))
+    torch.testing.assert_close(turned, trainer.move_anchors(scores, views, hw, 0.0), rtol=1e-4, atol=1e-5)
+    trainer.semi = trainer.semi.model_copy(update={"teacher_tta": False})  # one view: no such symmetry
+    _, _, scores = trainer.pseudo_labels(weak)
+    _, _, turned = trainer.pseudo_labels(turn.apply_grid(weak))
+    assert (turned - trainer.move_anchors(scores, views, hw, 0.0)).abs().max() > 1e-3
+    # no pseudo-box at all (candidate_conf 0.99): every term finite
+    empty = [*SEMI, "semi.teacher_tta=true", "semi.candidate_conf=0.99", f"out_dir={tmp_path / 'b'}", "max_steps=5"]
+    build_trainer(load_config(None, empty)).fit()
+    semi = read_csv(tmp_path / "b" / "steps.csv")[3:]
+    assert all(r["pseudo/kept_per_image"] == 0 for r in semi)
+    assert all(math.isfinite(r[t]) for r in semi for t in ("u_box", "u_cls", "u_dfl", "u_bg"))

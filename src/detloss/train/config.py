@@ -338,8 +338,11 @@ class SemiConfig(_Strict):
     nms_iou: float = Field(0.6, gt=0, le=1)
     max_pseudo: int = Field(50, ge=1)  # pseudo-boxes per image at most
     filters: list[dict] = Field(default_factory=_default_filters)  # applied in order, after NMS
-    # the unlabelled terms trained (the others get gain 0); obj needs loss.objectness
-    unsup_terms: list[Literal["box", "cls", "dfl", "obj"]] = Field(default_factory=lambda: ["box", "cls", "dfl"])
+    # the unlabelled terms trained (the others get gain 0); obj needs loss.objectness; poly and corner (the
+    # teacher's polygons, their convex hulls, as targets) need a polygon branch, corner loss.polygon_corner
+    unsup_terms: list[Literal["box", "cls", "dfl", "obj", "poly", "corner"]] = Field(
+        default_factory=lambda: ["box", "cls", "dfl"]
+    )
     # the unlabelled terms' normalizers (unset: loss.normalizers'). With target_sum, a batch whose images
     # all lack pseudo-boxes divides u_cls by the floor, 1: `detloss doctor` shows it as u_cls dominance.
     normalizers: Normalizers = Field(default_factory=dict)
@@ -351,6 +354,9 @@ class SemiConfig(_Strict):
     quality_iou: float = Field(0.5, gt=0, le=1)  # pseudo-label precision/recall against the hidden labels
     geometric: GeometricViewConfig = Field(default_factory=GeometricViewConfig)  # off by default
     soft: SoftTargetConfig | None = None  # dense soft class targets (u_soft); None: off
+    # the teacher's class (and objectness) scores averaged over the 8 flips / quarter turns of the weak view
+    # (detloss.semi.tta): 8 teacher forwards per step; square images whose side is a multiple of the strides
+    teacher_tta: bool = False
 
     @model_validator(mode="after")
     def _soft_needs_grid_views(self):
@@ -389,11 +395,16 @@ class TrainConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _objectness_needs_its_model(self):
+    def _terms_need_their_branches(self):
         if self.loss.objectness and self.model.kind != "dense":
             raise ValueError(f"loss.objectness needs model.kind='dense', got {self.model.kind!r}")
         if self.semi is not None and "obj" in self.semi.unsup_terms and not self.loss.objectness:
             raise ValueError("semi.unsup_terms has 'obj', which needs loss.objectness: true")
+        terms = self.semi.unsup_terms if self.semi is not None else []
+        if {"poly", "corner"} & set(terms) and self.loss.num_vertices == 0:
+            raise ValueError("semi.unsup_terms has 'poly' or 'corner', which needs loss.num_vertices >= 3")
+        if "corner" in terms and not self.loss.polygon_corner:
+            raise ValueError("semi.unsup_terms has 'corner', which needs loss.polygon_corner: true")
         return self
 
 

@@ -5,7 +5,9 @@ alone. Then the teacher is copied from the student (:class:`~detloss.semi.teache
 step adds an unlabelled batch:
 
 1. the teacher sees the weak view (the flip the labelled images get) and its detections go through NMS and
-   then ``semi.filters`` in order (:mod:`detloss.semi.filters`): the pseudo-labels;
+   then ``semi.filters`` in order (:mod:`detloss.semi.filters`): the pseudo-labels. With
+   ``semi.teacher_tta`` its class (and objectness) scores are averaged over the eight flips and quarter
+   turns of the weak view (:mod:`detloss.semi.tta`), for the filters, the ignore band and ``u_soft`` alike;
 2. the student sees the strong view: the geometric one of ``semi.geometric``
    (:mod:`detloss.semi.views`: flips, quarter turns, a scale-crop; off by default), which moves the
    pseudo-boxes, their polygons, the ignore band and the teacher's dense scores with the image, then
@@ -27,7 +29,9 @@ step adds an unlabelled batch:
    objectness towards 1 on the anchors assigned to the pseudo-boxes, whatever their class (the teacher's
    boxes are well placed where its classes are not), and 0 on every other anchor outside the ignore band:
    report 004's alternative to the background penalty. The teacher's scores (the filters' and the
-   ignore band's) are then class x objectness, as in evaluation;
+   ignore band's) are then class x objectness, as in evaluation. With ``poly`` or ``corner`` in
+   ``semi.unsup_terms``, ``u_poly`` / ``u_corner`` train the student's polygon head towards the convex
+   hulls of the teacher's predicted vertices (:mod:`detloss.semi.polygons`), whatever their class;
 3. after the optimizer step the teacher is updated as an EMA of the student.
 
 Logged per step: the filter statistics (``pseudo/kept_per_image``, per class, scores, adaptive thresholds),
@@ -58,9 +62,11 @@ from detloss.core.report import LossReport
 from detloss.ops.head_layout import HeadLayout
 from detloss.semi.augment import strong_photometric
 from detloss.semi.filters import build_filters, teacher_pseudo_labels
+from detloss.semi.polygons import hull_pseudo_polygons
 from detloss.semi.quality import pseudo_label_quality
 from detloss.semi.soft import DenseSoftClassTerm
 from detloss.semi.teacher import EMATeacher
+from detloss.semi.tta import ensemble_class_scores
 from detloss.semi.views import GeometricView, draw_view
 from detloss.train.checkpoint import load_part, read_resume
 from detloss.train.config import TrainConfig
@@ -79,18 +85,24 @@ UNSUP_PREFIX = "u_"
 
 def detections_to_targets(dets: list[dict[str, Tensor]], image_hw: tuple[int, int]) -> dict[str, Tensor]:
     """Per-image ``boxes (N, 4)`` xyxy px and ``labels (N,)`` as the flat collated targets of
-    :func:`detloss.data.collate.collate` (``batch_idx``, ``cls``, normalized ``cx, cy, w, h`` ``bboxes``)."""
+    :func:`detloss.data.collate.collate` (``batch_idx``, ``cls``, normalized ``cx, cy, w, h`` ``bboxes``);
+    with ``polygons (N, K, 2)`` px and ``polygon_counts (N,)`` in every dict, also normalized ``polygons``
+    and ``polygon_counts``."""
     h, w = image_hw
     device = dets[0]["boxes"].device if dets else torch.device("cpu")
     boxes = torch.cat([d["boxes"].float().reshape(-1, 4) for d in dets]) if dets else torch.zeros(0, 4)
     counts = torch.tensor([d["boxes"].shape[0] for d in dets], device=device, dtype=torch.long)
     scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
     cxcywh = torch.cat(((boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]), 1) / scale
-    return {
+    out = {
         "batch_idx": torch.repeat_interleave(torch.arange(len(dets), device=device), counts),
         "cls": torch.cat([d["labels"].long().reshape(-1) for d in dets]) if dets else torch.zeros(0, dtype=torch.long),
         "bboxes": cxcywh,
     }
+    if dets and all("polygons" in d and "polygon_counts" in d for d in dets):
+        out["polygons"] = torch.cat([d["polygons"].float() for d in dets]) / scale[:2]
+        out["polygon_counts"] = torch.cat([d["polygon_counts"].long().reshape(-1) for d in dets])
+    return out
 
 
 class SemiTrainer(Trainer):
@@ -114,7 +126,8 @@ class SemiTrainer(Trainer):
         else:
             self.burn_in_steps = round(self.semi.burn_in * self.steps_per_epoch)
         self.burn_in_epochs = self.burn_in_steps / self.steps_per_epoch
-        overrides: dict = {"num_vertices": 0}
+        self.polygons = bool({"poly", "corner"} & set(self.semi.unsup_terms))
+        overrides: dict = {} if self.polygons else {"num_vertices": 0}
         if self.semi.background is not None:  # else loss.background's penalty and schedule
             overrides["background"] = self.semi.background.model_dump()
             schedule = background_schedule(self.semi.background, default_burn_in=self.burn_in_epochs)
@@ -249,15 +262,19 @@ class SemiTrainer(Trainer):
 
     @torch.no_grad()
     def pseudo_labels(self, weak: Tensor) -> tuple[list[dict[str, Tensor]], Tensor | None, Tensor | None]:
-        """The teacher's detections on ``weak`` after NMS and the filters (``boxes``, ``scores``, ``labels``),
+        """The teacher's detections on ``weak`` after NMS and the filters (``boxes``, ``scores``, ``labels``;
+        with ``semi.teacher_tta`` the class and objectness scores averaged over the D4 views of ``weak``),
         the ``(B, A)`` anchors it is unsure of (score >= ``semi.ignore_score``, the best class's times the
         objectness with ``loss.objectness``; ``None`` when that is unset) and its ``(B, A, C)`` sigmoid class
         scores (``None`` without ``semi.soft``)."""
         teacher = self.teacher.module
-        feats = [f.float() for f in teacher(weak)]
         loss = self.cfg.loss
         ignore = None
         layout = HeadLayout(loss.reg_max, self.num_classes, loss.num_vertices, loss.objectness)
+        if self.semi.teacher_tta:
+            feats = ensemble_class_scores(teacher, weak, layout)
+        else:
+            feats = [f.float() for f in teacher(weak)]
         class_scores = layout.flatten(feats, "cls").sigmoid()  # (B, A, C)
         if self.semi.ignore_score is not None:
             score = class_scores.amax(-1)
@@ -275,7 +292,10 @@ class SemiTrainer(Trainer):
             max_det=self.semi.max_pseudo,
             objectness=loss.objectness,
         )
-        return self.filters(candidates), ignore, class_scores if self.soft is not None else None
+        kept = self.filters(candidates)
+        if self.polygons:
+            kept = hull_pseudo_polygons(kept)
+        return kept, ignore, class_scores if self.soft is not None else None
 
     def pseudo_quality(self, pseudo: list[dict[str, Tensor]], hidden: list[dict[str, Tensor]]) -> dict[str, float]:
         """The pseudo-labels' precision/recall against the hidden labels, class-aware and class-agnostic
@@ -296,7 +316,8 @@ class SemiTrainer(Trainer):
         ignore: Tensor | None = None,
         teacher_scores: Tensor | None = None,
     ) -> StepOutputs:
-        """The unlabelled terms of the student on ``strong`` against the pseudo-labels (no polygon term);
+        """The unlabelled terms of the student on ``strong`` against the pseudo-labels (the polygon terms
+        only with ``poly`` or ``corner`` in ``semi.unsup_terms``);
         ``ignore`` ``(B, A)``: anchors left out of ``u_cls``, ``u_bg``, ``u_obj`` and ``u_soft``; ``teacher_scores``
         ``(B, A, C)`` in the strong view's anchor order: the targets of ``u_soft`` (with ``semi.soft``)."""
         epoch = self.step / self.steps_per_epoch
@@ -304,7 +325,7 @@ class SemiTrainer(Trainer):
         with self.autocast():
             feats = self.runner(strong)
         channels = self.unsup.num_channels
-        feats = [f.float()[:, :channels] for f in feats]  # the box, class (and objectness) channels: 4R | C | O
+        feats = [f.float()[:, :channels] for f in feats]  # 4R | C | O, and 2K with the polygon terms
         report = self.unsup(feats, pseudo_targets, ignore=ignore, weights=weights)
         if self.soft is not None:
             gain = self.semi.soft.weight * UnsupRamp(1.0, self.burn_in_epochs, self.semi.unsup_warmup).value(epoch)

@@ -1,0 +1,84 @@
+"""A teacher's class scores averaged over the eight flips and quarter turns (the dihedral group D4) of its
+input: test-time augmentation of a dense head, for pseudo-labels whose class does not depend on the view.
+
+Each view's dense outputs are moved back onto the input's anchor grid (exact for flips and quarter turns
+of a square image whose side is a multiple of every stride, :meth:`GeometricView.apply_grid`), and the
+class sigmoids (and objectness sigmoids) are averaged per anchor. Box, DFL and polygon channels stay the
+input view's: moving a box's ``l, t, r, b`` or a polygon's vertices between views is a different map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from detloss.ops.head_layout import HeadLayout
+from detloss.semi.views import GeometricView
+
+__all__ = ["D4_VIEWS", "ensemble_class_scores", "undo_grid"]
+
+#: The eight elements of D4 as views: a horizontal flip or not, then 0-3 quarter turns.
+D4_VIEWS: tuple[GeometricView, ...] = tuple(GeometricView(hflip=f, turns=k) for f in (False, True) for k in range(4))
+
+
+def undo_grid(maps: Tensor, view: GeometricView) -> Tensor:
+    """One level's map ``(..., H_l, W_l)`` in ``view``'s anchor order back in the input's (the inverse of
+    :meth:`GeometricView.apply_grid` for flips and quarter turns)."""
+    if view.crops:
+        raise ValueError("undo_grid needs a view without a scale-crop (flips and quarter turns only)")
+    out = maps
+    if view.turns % 4:
+        out = out.rot90(-(view.turns % 4), (-2, -1))
+    if view.vflip:
+        out = out.flip(-2)
+    if view.hflip:
+        out = out.flip(-1)
+    return out
+
+
+@torch.no_grad()
+def ensemble_class_scores(
+    model: Callable[[Tensor], Sequence[Tensor]],
+    images: Tensor,
+    layout: HeadLayout,
+    views: Sequence[GeometricView] = D4_VIEWS,
+) -> list[Tensor]:
+    """``model``'s per-level outputs on ``images`` with the class (and objectness) logits replaced by the logit
+    of their sigmoids averaged over ``views``.
+
+    Args:
+        model: ``images (B, 3, H, W) -> [(B, layout.num_channels, H_l, W_l), ...]``.
+        images: ``(B, 3, H, W)``, square when ``views`` turn it, sides a multiple of every stride.
+        layout: the head's channel layout.
+        views: flips and quarter turns (no scale-crop); the identity among them or not.
+
+    Returns:
+        One float32 ``(B, layout.num_channels, H_l, W_l)`` tensor per level: the identity view's box and
+        polygon channels, the averaged class (and objectness) channels as logits. No gradient.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if not views:
+        raise ValueError("views must hold at least one view")
+    if any(v.crops for v in views):
+        raise ValueError("views must be flips and quarter turns only (no scale-crop)")
+    base = [f.float() for f in model(images)]
+    parts = [layout.cls] + ([layout.obj] if layout.objectness else [])
+    sums = [[f[:, p].sigmoid() * 0 for p in parts] for f in base]
+    for view in views:
+        # an image is a map on the pixel grid: apply_grid moves it as apply would
+        outputs = base if view == GeometricView() else [f.float() for f in model(view.apply_grid(images))]
+        for level, f in enumerate(outputs):
+            if f.shape[-2:] != base[level].shape[-2:]:
+                raise ValueError(f"view {view} changes level {level}'s grid {tuple(base[level].shape[-2:])}")
+            for i, p in enumerate(parts):
+                sums[level][i] += undo_grid(f[:, p].sigmoid(), view)
+    out = []
+    for level, f in enumerate(base):
+        f = f.clone()
+        for i, p in enumerate(parts):
+            f[:, p] = torch.logit(sums[level][i] / len(views), eps=1e-6)
+        out.append(f)
+    return out
