@@ -343,3 +343,12 @@ def test_pseudo_label_filter_direct_construction():
         PseudoLabelFilter([lambda dets: dets], 2)
     with pytest.raises(ValueError, match="num_classes"):
         PseudoLabelFilter([], 0)
+
+
+def test_a_string_argument_names_the_filter_and_key():
+    import yaml
+
+    specs = yaml.safe_load("[{kind: score, threshold: 2e-5}]")  # YAML 1.1: no dot, so a string
+    assert specs[0]["threshold"] == "2e-5"
+    with pytest.raises(ValueError, match=r"specs\[0\] \('score'\): threshold must be a number, got the string '2e-5'"):
+        build_filters(specs, 3)

@@ -458,6 +458,14 @@ def build_filters(specs: Sequence[Mapping[str, Any]], num_classes: int) -> Pseud
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             raise ValueError(f"specs[{i}] ({kind!r}): unknown keys {unknown}; valid keys: {', '.join(params)}")
+        for key, value in kwargs.items():
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, str) for v in items):  # every filter argument is a number, a bool or None
+                # YAML 1.1 reads 2e-5 (no dot) as a string
+                raise ValueError(
+                    f"specs[{i}] ({kind!r}): {key} must be a number, got the string {value!r}"
+                    " (in YAML write 2.0e-5, not 2e-5)"
+                )
         if cls is AdaptiveClassThreshold:
             kwargs["num_classes"] = num_classes
             if "bounds" in kwargs:
