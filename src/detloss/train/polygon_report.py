@@ -12,9 +12,8 @@ from detloss.data.collate import collate
 from detloss.evaluate.decode import decode_dense
 from detloss.evaluate.polygon_quality import PolygonQuality, polygon_quality
 from detloss.models.tiny_yolo import TinyDetector
-from detloss.train.checkpoint import read_checkpoint
 from detloss.train.config import TrainConfig, load_config
-from detloss.train.data import build_datasets
+from detloss.train.validate import load_run
 
 __all__ = ["plot_worst", "run_polygon_report"]
 
@@ -25,14 +24,8 @@ def _load(run: Path) -> tuple[TrainConfig, TinyDetector, object, int]:
     cfg = load_config(run / "config.yaml")
     if cfg.model.kind != "dense" or cfg.loss.num_vertices < 3:
         raise ValueError(f"{run}: polygon quality needs a dense run with a polygon branch (loss.num_vertices >= 3)")
-    _, val, num_classes = build_datasets(cfg.data, cfg.loss.num_vertices)
-    state = read_checkpoint(run / "last.pt")
-    loss = cfg.loss
-    model = TinyDetector(
-        num_classes, loss.reg_max, loss.num_vertices, cfg.model.width, cfg.model.p2, objectness=loss.objectness
-    )
-    model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
-    return cfg, model.eval(), val, num_classes
+    cfg, task, val, num_classes = load_run(run)
+    return cfg, task.model, val, num_classes
 
 
 @torch.no_grad()

@@ -275,9 +275,9 @@ class SemiTrainer(Trainer):
             feats = ensemble_class_scores(teacher, weak, layout)
         else:
             feats = [f.float() for f in teacher(weak)]
-        class_scores = layout.flatten(feats, "cls").sigmoid()  # (B, A, C)
+        class_logits = layout.flatten(feats, "cls")  # (B, A, C)
         if self.semi.ignore_score is not None:
-            score = class_scores.amax(-1)
+            score = class_logits.amax(-1).sigmoid()  # sigmoid is monotonic: of the best logit only
             if loss.objectness:
                 score = score * layout.flatten(feats, "obj")[..., 0].sigmoid()
             ignore = score >= self.semi.ignore_score
@@ -295,7 +295,7 @@ class SemiTrainer(Trainer):
         kept = self.filters(candidates)
         if self.polygons:
             kept = hull_pseudo_polygons(kept)
-        return kept, ignore, class_scores if self.soft is not None else None
+        return kept, ignore, class_logits.sigmoid() if self.soft is not None else None
 
     def pseudo_quality(self, pseudo: list[dict[str, Tensor]], hidden: list[dict[str, Tensor]]) -> dict[str, float]:
         """The pseudo-labels' precision/recall against the hidden labels, class-aware and class-agnostic

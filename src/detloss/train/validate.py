@@ -14,25 +14,33 @@ from detloss.train.distributed import resolve_device
 from detloss.train.evaluation import evaluate
 from detloss.train.tasks import build_task
 
-__all__ = ["validate_run"]
+__all__ = ["load_run", "validate_run"]
 
 #: What an override may change: the evaluation, not the model or the data it was trained on.
 _ALLOWED = ("eval.", "device=", "threads=")
 
 
-def validate_run(run: str | Path, overrides: list[str] | tuple[str, ...] = (), checkpoint: str = "last.pt") -> dict:
-    """Metrics of ``RUN/checkpoint`` (its EMA weights when saved, as in training) on the run's validation set,
-    with the run's config and ``overrides`` (``eval.*``, ``device``, ``threads``)."""
+def load_run(run: str | Path, overrides: list[str] | tuple[str, ...] = (), checkpoint: str = "last.pt") -> tuple:
+    """``(config, task, validation set, class count)`` of a finished run: its config with ``overrides``, and
+    the task's model holding ``RUN/checkpoint``'s EMA weights when saved (what training evaluates), in eval mode."""
     run = Path(run)
-    for item in overrides:
-        if not item.startswith(_ALLOWED):
-            raise ValueError(f"detloss val changes only eval.*, device and threads, got {item!r}")
     cfg = load_config(run / "config.yaml", overrides)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     _, val, num_classes = build_datasets(cfg.data, cfg.loss.num_vertices)
     task = build_task(cfg, num_classes)
     state = read_checkpoint(run / checkpoint)
     task.model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
+    task.model.eval()
+    return cfg, task, val, num_classes
+
+
+def validate_run(run: str | Path, overrides: list[str] | tuple[str, ...] = (), checkpoint: str = "last.pt") -> dict:
+    """Metrics of ``RUN/checkpoint`` (:func:`load_run`) on the run's validation set, with the run's config and
+    ``overrides`` (``eval.*``, ``device``, ``threads``)."""
+    for item in overrides:
+        if not item.startswith(_ALLOWED):
+            raise ValueError(f"detloss val changes only eval.*, device and threads, got {item!r}")
+    cfg, task, val, num_classes = load_run(run, overrides, checkpoint)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     return evaluate(task, task.model.to(device), val, cfg, num_classes, device)
