@@ -66,7 +66,31 @@ def test_tiled_training_and_tiled_evaluation(tmp_path, monkeypatch):
     assert {"map50", "poly_map50", "dets_per_image"} <= set(metrics)
 
 
+def test_eval_tile_size_sets_the_inference_tile(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_yolo_split(root, "train", 1, (H, W), max_objects=2, seed=5)
+    write_yolo_split(root, "val", 1, (H, W), max_objects=2, seed=5)
+    trainer = Trainer(_config(tmp_path, root, "eval.tiled=true", "eval.tile_size=128", "epochs=1", "max_steps=1"))
+    tiles = []
+    real = tiled.tiled_predict
+
+    def spy(predict, image, size, overlap, *args, **kwargs):
+        return real(lambda t: tiles.append(tuple(t.shape)) or predict(t), image, size, overlap, *args, **kwargs)
+
+    monkeypatch.setattr(tiled, "tiled_predict", spy)
+    trainer.fit()
+    # 200 x 160 image in 128 px tiles, overlap 16: rows at 0 and 72, columns at 0 and 32; training stays at 64
+    assert sum(t[0] for t in tiles) == 4 and {t[1:] for t in tiles} == {(3, 128, 128)}
+    assert trainer.train_set.size == 64
+
+
 def test_tiled_config_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="eval.tile_size needs eval.tiled"):
+        load_config(None, ["data.kind=yolo", "data.image_size=64", "data.tile.overlap=16", "eval.tile_size=128"])
+    tiled_yolo = ["data.kind=yolo", "data.image_size=64", "data.tile.overlap=48", "eval.tiled=true"]
+    for bad in (100, 32):  # not a multiple of the stride; not larger than the overlap
+        with pytest.raises(ValueError, match=rf"eval.tile_size must be a multiple of 32 .*\(48\), got {bad}"):
+            load_config(None, [*tiled_yolo, f"eval.tile_size={bad}"])
     with pytest.raises(ValueError, match="eval.tiled needs data.tile"):
         load_config(None, ["eval.tiled=true"])
     with pytest.raises(ValueError, match=r"data.tile.overlap \(64\) must be < data.image_size \(64\)"):

@@ -241,6 +241,9 @@ class EvalConfig(_Strict):
     max_det: int = Field(100, ge=1)
     plots: bool = True
     tiled: bool = False  # needs data.tile: AP on the full validation images by tiled inference (max_det per image)
+    # eval.tiled: the inference tile side (None: data.image_size); a larger tile than training's gives the
+    # detector more context and fewer cut objects (NEON trees: +0.01-0.02 AP50, README)
+    tile_size: int | None = Field(None, ge=32)
     # test-time augmentation (detloss.evaluate.tta): 4 flips or the 8 flips/transposes, merged by NMS + box voting
     tta: Literal["flips", "d4"] | None = None
 
@@ -392,6 +395,14 @@ class TrainConfig(_Strict):
     def _tiled_needs_tiles(self):
         if self.eval.tiled and (self.data.tile is None or self.data.kind == "shapes"):
             raise ValueError("eval.tiled needs data.tile and a data.kind that reads files (the tiles' size and overlap)")
+        if self.eval.tile_size is not None:
+            if not self.eval.tiled:
+                raise ValueError("eval.tile_size needs eval.tiled: true (it is the tiled inference's tile side)")
+            if self.eval.tile_size % 32 or self.eval.tile_size <= self.data.tile.overlap:
+                raise ValueError(
+                    f"eval.tile_size must be a multiple of 32 (the coarsest stride) and > data.tile.overlap "
+                    f"({self.data.tile.overlap}), got {self.eval.tile_size}"
+                )
         return self
 
     @model_validator(mode="after")

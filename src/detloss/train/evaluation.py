@@ -45,7 +45,8 @@ def evaluate(
     """Box AP (and polygon AP when ``task`` predicts polygons), precision/recall and detections per image.
 
     With ``eval.tiled`` (``dataset`` a :class:`~detloss.data.tiling.TiledDataset`), on its full images by tiled
-    inference, up to ``eval.max_det`` detections per image in AP."""
+    inference (tiles of ``eval.tile_size``, default the dataset's), up to ``eval.max_det`` detections per
+    image in AP."""
     if cfg.eval.tiled:
         return _evaluate_tiled(task, model, dataset, cfg, num_classes, device)
     preds, gts = [], []
@@ -72,7 +73,7 @@ def _evaluate_tiled(task: Task, model: nn.Module, dataset, cfg: TrainConfig, num
     preds, gts = [], []
     for i in range(len(dataset.dataset)):  # the full images
         sample = dataset.dataset[i]
-        image, size, overlap = sample["image"], dataset.size, dataset.overlap
+        image, size, overlap = sample["image"], cfg.eval.tile_size or dataset.size, dataset.overlap
         preds.append(tiled_predict(run, image, size, overlap, cfg.eval.nms_iou, cfg.eval.max_det, batch=cfg.batch_size))
         gts.append(ground_truth(sample))
     names = getattr(dataset, "class_names", None) or [str(c) for c in range(num_classes)]
