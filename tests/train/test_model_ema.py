@@ -45,6 +45,18 @@ def test_trainer_default_ramp():
     assert ema.current_decay() < 0.005
 
 
+def test_trainer_takes_the_ramp_from_the_config(tmp_path):
+    from detloss.testing.tiny import TINY_RUN
+    from detloss.train.config import load_config
+    from detloss.train.trainer import Trainer
+
+    cfg = load_config(None, [*TINY_RUN, f"out_dir={tmp_path}", "optim.ema_decay=0.99", "optim.ema_tau=50"])
+    ema = Trainer(cfg).ema
+    assert ema.current_decay() == pytest.approx(0.99 * (1 - math.exp(-1 / 50)), rel=1e-12)  # 0.0196
+    with pytest.raises(ValueError, match="ema_tau"):
+        load_config(None, ["optim.ema_tau=0"])
+
+
 def test_averaged_weights_after_three_updates():
     model = Scalar()
     ema = ModelEMA(model, decay=0.9, tau=2.0)  # copy of w = 0

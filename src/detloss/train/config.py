@@ -162,6 +162,8 @@ class OptimConfig(_Strict):
     grad_clip: float | None = Field(10.0, gt=0)  # max gradient norm; None: no clipping
     amp: bool = True  # used where the device supports it (CUDA)
     ema_decay: float | None = Field(0.999, gt=0, lt=1)  # None: no EMA
+    # the decay's ramp, decay * (1 - exp(-step / ema_tau)): the steps over which the average lengthens
+    ema_tau: float = Field(200.0, gt=0)
 
 
 class ModelConfig(_Strict):

@@ -122,7 +122,7 @@ class Trainer:
             lr = config.balance.log_var_lr or config.optim.lr
             self.optimizer.add_param_group({"params": learned, "lr": lr, "weight_decay": 0.0, "name": "balance"})
         self.base_lrs = [g.get("lr", config.optim.lr) for g in self.optimizer.param_groups]
-        self.ema = ModelEMA(self.model, config.optim.ema_decay) if config.optim.ema_decay else None
+        self.ema = ModelEMA(self.model, config.optim.ema_decay, config.optim.ema_tau) if config.optim.ema_decay else None
         self.steps_per_epoch = len(self.train_set) // config.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
