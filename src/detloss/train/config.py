@@ -244,7 +244,7 @@ class EvalConfig(_Strict):
     plots: bool = True
     tiled: bool = False  # needs data.tile: AP on the full validation images by tiled inference (max_det per image)
     # eval.tiled: the inference tile side (None: data.image_size); a larger tile than training's gives the
-    # detector more context and fewer cut objects (NEON trees: +0.01-0.02 AP50, README)
+    # detector more context and fewer cut objects (NEON trees: +0.01-0.04 AP50, README)
     tile_size: int | None = Field(None, ge=32)
     # test-time augmentation (detloss.evaluate.tta): 4 flips or the 8 flips/transposes, merged by NMS + box voting
     tta: Literal["flips", "d4"] | None = None
