@@ -66,7 +66,7 @@ def ensemble_class_scores(
         raise ValueError("views must be flips and quarter turns only (no scale-crop)")
     base = [f.float() for f in model(images)]
     parts = [layout.cls] + ([layout.obj] if layout.objectness else [])
-    sums = [[f[:, p].sigmoid() * 0 for p in parts] for f in base]
+    sums = [[torch.zeros_like(f[:, p]) for p in parts] for f in base]
     for view in views:
         # an image is a map on the pixel grid: apply_grid moves it as apply would
         outputs = base if view == GeometricView() else [f.float() for f in model(view.apply_grid(images))]
