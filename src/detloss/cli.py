@@ -93,6 +93,12 @@ def parser() -> argparse.ArgumentParser:
     val.add_argument("run", metavar="RUN_DIR", help="a run folder (config.yaml, last.pt)")
     val.add_argument("overrides", nargs="*", metavar="eval.key=value", help="eval.*, device or threads")
     val.add_argument("--checkpoint", default="last.pt", help="file in RUN_DIR (default last.pt)")
+    val.add_argument(
+        "--errors",
+        action="store_true",
+        help="also count the false positives by kind (duplicate, wrong class, "
+        "localization, background) and the missed objects, at eval.conf",
+    )
     compare = sub.add_parser("compare", help="overlay two runs or more")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="two runs or more")
     compare.add_argument("--out", default=None, help="folder for the figure (default: the first run)")
@@ -201,7 +207,7 @@ def compare(args: argparse.Namespace) -> int:
 def val(args: argparse.Namespace) -> int:
     from detloss.train.validate import validate_run
 
-    print(metrics_table(validate_run(args.run, args.overrides, args.checkpoint)))
+    print(metrics_table(validate_run(args.run, args.overrides, args.checkpoint, errors=args.errors)))
     return 0
 
 

@@ -117,3 +117,34 @@ def test_bad_overrides_and_config_values_raise():
         load_config(None, ["loss.normalizers={cls: avg}"])
     with pytest.raises(ValueError, match="extra"):
         load_config(None, ["optim.learning_rate=0.1"])
+
+
+def _sgd_step_delta(tmp: Path, cpu_amp: bool) -> tuple[list[torch.dtype], torch.Tensor, dict[str, torch.Tensor]]:
+    trainer = Trainer(_config(tmp, "optim.name=sgd", "optim.ema_decay=null", f"optim.cpu_amp={cpu_amp}"))
+    before = _weights(trainer)
+    outputs: list[torch.dtype] = []
+    trainer.model.register_forward_hook(lambda module, args, out: outputs.extend(o.dtype for o in out))
+    images, targets = next(trainer.batches(0))
+    total = trainer.train_step(images, targets).total
+    return outputs, total, {k: v - before[k] for k, v in _weights(trainer).items() if v.is_floating_point()}
+
+
+def test_cpu_amp_runs_the_model_in_bfloat16_and_takes_the_float32_step(tmp_path):
+    outputs, total, delta = _sgd_step_delta(tmp_path / "fp32", False)
+    amp_outputs, amp_total, amp_delta = _sgd_step_delta(tmp_path / "bf16", True)
+    assert set(outputs) == {torch.float32} and set(amp_outputs) == {torch.bfloat16}
+    assert amp_total.dtype == torch.float32 and all(d.dtype == torch.float32 for d in amp_delta.values())
+    # bf16 keeps 8 mantissa bits: the loss within ~1%, the step's direction nearly the float32 one
+    assert amp_total.item() == pytest.approx(total.item(), rel=0.02)
+    flat = torch.cat([d.flatten() for d in delta.values()])
+    amp_flat = torch.cat([d.flatten() for d in amp_delta.values()])
+    assert torch.nn.functional.cosine_similarity(flat, amp_flat, dim=0) > 0.98
+    assert (amp_flat != flat).any()
+
+
+def test_cpu_amp_warns_where_the_cpu_emulates_bf16(tmp_path, monkeypatch):
+    import detloss.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "native_cpu_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="optim.cpu_amp: this CPU has no native bf16"):
+        Trainer(_config(tmp_path, "optim.cpu_amp=true"))

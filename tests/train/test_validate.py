@@ -43,3 +43,15 @@ def test_overrides_outside_eval_are_refused(run):
     out, _ = run
     with pytest.raises(ValueError, match=r"changes only eval\.\*, device and threads, got 'loss.reg_max=8'"):
         validate_run(out, ["loss.reg_max=8"])
+
+
+def test_cli_counts_the_errors_that_make_precision_and_recall(run, capsys):
+    out, trained = run
+    assert main(["val", str(out), "--errors"]) == 0
+    rows = {k: float(v) for k, v in (line.split() for line in capsys.readouterr().out.splitlines()[1:])}
+    kinds = ("duplicate", "wrong_class", "localization", "background")
+    assert rows["errors/detections"] == rows["errors/true_positives"] + sum(rows[f"errors/{k}"] for k in kinds)
+    # the same detections box_map counted at eval.conf: 4 images' worth of dets_per_image, its P and R
+    assert rows["errors/detections"] == pytest.approx(4 * trained["dets_per_image"])
+    assert rows["errors/true_positives"] / rows["errors/detections"] == pytest.approx(trained["precision"])
+    assert 1 - rows["errors/missed"] / rows["errors/ground_truths"] == pytest.approx(trained["recall"])

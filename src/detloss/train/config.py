@@ -160,7 +160,9 @@ class OptimConfig(_Strict):
     schedule: Literal["cosine", "constant"] = "cosine"
     final_lr_fraction: float = Field(0.05, ge=0, le=1)
     grad_clip: float | None = Field(10.0, gt=0)  # max gradient norm; None: no clipping
-    amp: bool = True  # used where the device supports it (CUDA)
+    amp: bool = True  # bf16 autocast on CUDA, where the device supports it
+    # bf16 autocast on CPU: ~2x faster steps on CPUs with native bf16 (AVX512-BF16 / AMX), slower without
+    cpu_amp: bool = False
     ema_decay: float | None = Field(0.999, gt=0, lt=1)  # None: no EMA
     # the decay's ramp, decay * (1 - exp(-step / ema_tau)): the steps over which the average lengthens
     ema_tau: float = Field(200.0, gt=0)

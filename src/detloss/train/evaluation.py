@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 from torch import nn
 
 from detloss.data.collate import collate
 from detloss.evaluate import box_map, polygon_map
+from detloss.evaluate.errors import box_errors
 from detloss.evaluate.tta import tta_predict
 from detloss.train.config import TrainConfig
 from detloss.train.tasks import Task
@@ -40,15 +43,39 @@ def ground_truth(sample: dict) -> dict:
 
 
 def evaluate(
-    task: Task, model: nn.Module, dataset, cfg: TrainConfig, num_classes: int, device: torch.device
+    task: Task,
+    model: nn.Module,
+    dataset,
+    cfg: TrainConfig,
+    num_classes: int,
+    device: torch.device,
+    errors: bool = False,
 ) -> dict[str, float]:
-    """Box AP (and polygon AP when ``task`` predicts polygons), precision/recall and detections per image.
+    """Box AP (and polygon AP when ``task`` predicts polygons), precision/recall and detections per image;
+    with ``errors``, also the counts of :func:`~detloss.evaluate.errors.box_errors` at ``eval.conf`` as
+    ``errors/<kind>`` (``errors/area_ratio``: the localization errors' median box / GT area).
 
     With ``eval.tiled`` (``dataset`` a :class:`~detloss.data.tiling.TiledDataset`), on its full images by tiled
     inference (tiles of ``eval.tile_size``, default the dataset's), up to ``eval.max_det`` detections per
     image in AP."""
+    preds, gts = predictions(task, model, dataset, cfg, device)
+    names = getattr(dataset, "class_names", None) or [str(c) for c in range(num_classes)]
+    limit = {"max_dets": cfg.eval.max_det} if cfg.eval.tiled else {}
+    metrics = _flatten(box_map(preds, gts, conf=cfg.eval.conf, **limit), "", names)
+    if task.has_polygons:
+        metrics.update(_flatten(polygon_map(preds, gts, conf=cfg.eval.conf, **limit), "poly_", names))
+    if errors:
+        counts = asdict(box_errors(preds, gts, conf=cfg.eval.conf))
+        metrics.update({f"errors/{k}": float(v) for k, v in counts.items()})
+    return metrics
+
+
+def predictions(
+    task: Task, model: nn.Module, dataset, cfg: TrainConfig, device: torch.device
+) -> tuple[list[dict], list[dict]]:
+    """Per-image detections (on the CPU) and ground truths of ``dataset``, as :func:`evaluate` scores them."""
     if cfg.eval.tiled:
-        return _evaluate_tiled(task, model, dataset, cfg, num_classes, device)
+        return _predict_tiled(task, model, dataset, cfg, device)
     preds, gts = [], []
     batch = cfg.batch_size
     for start in range(0, len(dataset), batch):
@@ -57,14 +84,10 @@ def evaluate(
         out = predict(task, model, images.to(device), cfg)
         preds += [{k: v.cpu() for k, v in p.items()} for p in out]
         gts += [ground_truth(s) for s in samples]
-    names = getattr(dataset, "class_names", None) or [str(c) for c in range(num_classes)]
-    metrics = _flatten(box_map(preds, gts, conf=cfg.eval.conf), "", names)
-    if task.has_polygons:
-        metrics.update(_flatten(polygon_map(preds, gts, conf=cfg.eval.conf), "poly_", names))
-    return metrics
+    return preds, gts
 
 
-def _evaluate_tiled(task: Task, model: nn.Module, dataset, cfg: TrainConfig, num_classes: int, device) -> dict:
+def _predict_tiled(task: Task, model: nn.Module, dataset, cfg: TrainConfig, device) -> tuple[list[dict], list[dict]]:
     from detloss.evaluate.tiled import tiled_predict
 
     def run(tiles: torch.Tensor) -> list[dict]:
@@ -76,11 +99,7 @@ def _evaluate_tiled(task: Task, model: nn.Module, dataset, cfg: TrainConfig, num
         image, size, overlap = sample["image"], cfg.eval.tile_size or dataset.size, dataset.overlap
         preds.append(tiled_predict(run, image, size, overlap, cfg.eval.nms_iou, cfg.eval.max_det, batch=cfg.batch_size))
         gts.append(ground_truth(sample))
-    names = getattr(dataset, "class_names", None) or [str(c) for c in range(num_classes)]
-    metrics = _flatten(box_map(preds, gts, max_dets=cfg.eval.max_det, conf=cfg.eval.conf), "", names)
-    if task.has_polygons:
-        metrics.update(_flatten(polygon_map(preds, gts, max_dets=cfg.eval.max_det, conf=cfg.eval.conf), "poly_", names))
-    return metrics
+    return preds, gts
 
 
 def _flatten(result: dict, prefix: str, names) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -61,6 +62,11 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
         return 1.0
     progress = min(1.0, (step - cfg.warmup_steps) / (total - cfg.warmup_steps))
     return cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def native_cpu_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); else it emulates it, slowly."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class Trainer:
@@ -132,7 +138,14 @@ class Trainer:
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.step = 0
-        self.amp = config.optim.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if device.type == "cpu":
+            self.amp = config.optim.cpu_amp
+            if self.amp and not native_cpu_bf16():
+                warnings.warn("optim.cpu_amp: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast "
+                              "is emulated and slower than float32", stacklevel=2)
+        else:
+            self.amp = device.type == "cuda" and config.optim.amp and torch.cuda.is_bf16_supported()
+        self.device_type = device.type
         self.out = Path(config.out_dir)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -234,7 +247,7 @@ class Trainer:
         return {}
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        return torch.autocast(self.device_type, dtype=torch.bfloat16) if self.amp else nullcontext()
 
     def forward_loss(self, runner: nn.Module, images: Tensor, targets: dict[str, Tensor]) -> StepOutputs:
         """The task's loss step with the last step's gains: ``targets`` as :meth:`batches` yields them."""

@@ -33,9 +33,11 @@ def load_run(run: str | Path, overrides: list[str] | tuple[str, ...] = (), check
     return cfg, task, val, num_classes
 
 
-def validate_run(run: str | Path, overrides: list[str] | tuple[str, ...] = (), checkpoint: str = "last.pt") -> dict:
+def validate_run(
+    run: str | Path, overrides: list[str] | tuple[str, ...] = (), checkpoint: str = "last.pt", errors: bool = False
+) -> dict:
     """Metrics of ``RUN/checkpoint`` (:func:`load_run`) on the run's validation set, with the run's config and
-    ``overrides`` (``eval.*``, ``device``, ``threads``)."""
+    ``overrides`` (``eval.*``, ``device``, ``threads``); ``errors``: also the error kinds (``evaluate``)."""
     for item in overrides:
         if not item.startswith(_ALLOWED):
             raise ValueError(f"detloss val changes only eval.*, device and threads, got {item!r}")
@@ -43,4 +45,4 @@ def validate_run(run: str | Path, overrides: list[str] | tuple[str, ...] = (), c
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    return evaluate(task, task.model.to(device), val, cfg, num_classes, device)
+    return evaluate(task, task.model.to(device), val, cfg, num_classes, device, errors=errors)
