@@ -10,8 +10,9 @@ precision and recall). An unmatched detection is then, by its best IoU with any 
 - ``background``: below ``background_iou`` with every ground truth of its class.
 
 The kinds are tried in that order (TIDE's, without its fixes-to-AP accounting). A detection matching an
-ignored ground truth (VOC ``difficult``) counts nowhere; a second one is a duplicate, as in COCO. ``area_ratio`` is the median of a localization
-error's box area over its ground truth's (the lower middle value): above 1, the boxes are too big.
+ignored ground truth (VOC ``difficult``) counts nowhere; a second one is a duplicate, as in COCO.
+``area_ratio`` is the median (the lower middle value) of a localization error's box area over its ground
+truth's: above 1, the boxes are too big.
 """
 
 from __future__ import annotations
