@@ -62,6 +62,9 @@ def test_precision_and_recall_agree_with_box_map():
 def test_no_localization_error_gives_nan_ratio_and_bad_thresholds_raise():
     p, g = _image_two()
     assert math.isnan(box_errors([p], [g]).area_ratio)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    e = box_errors([p], [empty])  # an image without objects: its 3 detections are background
+    assert (e.detections, e.background, e.true_positives, e.ground_truths, e.missed) == (3, 3, 0, 0, 0)
     with pytest.raises(ValueError, match="background_iou"):
         box_errors([p], [g], iou=0.3, background_iou=0.4)
     with pytest.raises(ValueError, match="one entry per image"):

@@ -72,31 +72,35 @@ def box_errors(
         boxes, labels = pred["boxes"][keep][order].double(), pred["labels"][keep][order]
         g_boxes, g_labels = gt["boxes"].double(), gt["labels"]
         ignore = gt.get("ignore", torch.zeros(len(g_labels), dtype=torch.bool))
+        counts["ground_truths"] += int((~ignore).sum())
+        if not len(g_labels):  # nothing to match: every detection is background
+            counts["detections"] += len(labels)
+            counts["background"] += len(labels)
+            continue
         overlap = box_iou_matrix(boxes, g_boxes)  # (N, M)
         same = labels[:, None] == g_labels[None]
         taken = torch.zeros(len(g_labels), dtype=torch.bool)
         for i in range(len(labels)):
             own = torch.where(same[i], overlap[i], -1.0)
             free = torch.where(taken, -1.0, own)
-            j = int(free.argmax()) if len(g_labels) else -1
-            if j >= 0 and free[j] >= iou:
+            j = int(free.argmax())
+            if free[j] >= iou:
                 taken[j] = True
                 if not ignore[j]:
                     counts["detections"] += 1
                     counts["true_positives"] += 1
                 continue
             counts["detections"] += 1
-            best = int(own.argmax()) if len(g_labels) else -1
-            if best >= 0 and own[best] >= iou:
+            best = int(own.argmax())
+            if own[best] >= iou:
                 counts["duplicate"] += 1
-            elif len(g_labels) and torch.where(same[i], -1.0, overlap[i]).max() >= iou:
+            elif torch.where(same[i], -1.0, overlap[i]).max() >= iou:
                 counts["wrong_class"] += 1
-            elif best >= 0 and own[best] >= background_iou:
+            elif own[best] >= background_iou:
                 counts["localization"] += 1
                 ratios.append(_area(boxes[i]) / _area(g_boxes[best]))
             else:
                 counts["background"] += 1
-        counts["ground_truths"] += int((~ignore).sum())
         counts["missed"] += int((~ignore & ~taken).sum())
     ratio = float(torch.stack(ratios).median()) if ratios else float("nan")
     return BoxErrors(**counts, area_ratio=ratio)

@@ -128,7 +128,9 @@ class Trainer:
             lr = config.balance.log_var_lr or config.optim.lr
             self.optimizer.add_param_group({"params": learned, "lr": lr, "weight_decay": 0.0, "name": "balance"})
         self.base_lrs = [g.get("lr", config.optim.lr) for g in self.optimizer.param_groups]
-        self.ema = ModelEMA(self.model, config.optim.ema_decay, config.optim.ema_tau) if config.optim.ema_decay else None
+        self.ema = (
+            ModelEMA(self.model, config.optim.ema_decay, config.optim.ema_tau) if config.optim.ema_decay else None
+        )
         self.steps_per_epoch = len(self.train_set) // config.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -141,11 +143,13 @@ class Trainer:
         if device.type == "cpu":
             self.amp = config.optim.cpu_amp
             if self.amp and not native_cpu_bf16():
-                warnings.warn("optim.cpu_amp: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast "
-                              "is emulated and slower than float32", stacklevel=2)
+                warnings.warn(
+                    "optim.cpu_amp: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast "
+                    "is emulated and slower than float32",
+                    stacklevel=2,
+                )
         else:
             self.amp = device.type == "cuda" and config.optim.amp and torch.cuda.is_bf16_supported()
-        self.device_type = device.type
         self.out = Path(config.out_dir)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +251,7 @@ class Trainer:
         return {}
 
     def autocast(self):
-        return torch.autocast(self.device_type, dtype=torch.bfloat16) if self.amp else nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
 
     def forward_loss(self, runner: nn.Module, images: Tensor, targets: dict[str, Tensor]) -> StepOutputs:
         """The task's loss step with the last step's gains: ``targets`` as :meth:`batches` yields them."""
