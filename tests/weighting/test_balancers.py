@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from detloss import LossReport, make_term
+from detloss.diagnose.gradients import term_grad_norms
+from detloss.testing.tiny import TINY_RUN
+from detloss.train.config import load_config
 from detloss.weighting.balancers import (
     Balancer,
     EmaNormBalancer,
@@ -17,9 +20,6 @@ from detloss.weighting.balancers import (
     _norms_and_losses,
     build_balancer,
 )
-from detloss.diagnose.gradients import term_grad_norms
-from detloss.testing.tiny import TINY_RUN
-from detloss.train.config import load_config
 
 ONE = torch.ones(())
 U = torch.tensor([10.0, 0.0, 0.0])  # term a's gradient direction, |U| = 10
