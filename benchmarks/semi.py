@@ -22,6 +22,11 @@ reads them. Runs (:data:`RUNS`):
   flipped vertically and quarter-turned (``data.vflip``, ``data.rot90``); ``semi_d4_nobg``: ``semi_d4``
   without the unlabelled background penalty; ``semi_d4_w0``: its control, the loop with unlabelled gain 0;
   ``sup_aug``: ``sup_d4`` with HSV jitter; ``sup_d4_e120``: ``sup_d4`` for 120 epochs (a diagnostic).
+* 120 epochs, burn-in 60, teacher TTA, hard ``u_cls``: ``tta_d4_e120`` (D4 views); ``scale_d4_e120``: the
+  student's unlabelled view also scale-cropped (``semi.geometric.scale_jitter``); ``scale_e120``: the labelled
+  images scale-cropped as well (``data.scale_jitter``), ``scale_w05_e120`` / ``scale_w025_e120`` with
+  ``semi.unsup_weight`` 0.5 / 0.25, against ``sup_scale_e120`` (their supervised-only baseline) and
+  ``sup100_scale_e120`` (all images labelled).
 
 ``--background-ablation`` runs :data:`BACKGROUND_RUNS`: no penalty / default (``soft_geo``) / strong /
 objectness branch, on the same seeds and fractions.
@@ -49,15 +54,20 @@ SOFT_GEO = "configs/semi_soft_geo.yaml"
 D4_LABELLED = ["data.vflip=0.5", "data.rot90=0.5"]
 #: the student's geometric view of the unlabelled images: all of D4 as well
 D4_UNLABELLED = ["semi.geometric={hflip: 0.5, vflip: 0.5, rot90: 0.5}"]
+#: ... and scale-cropped to 0.5-1.5x (small shapes are the hard ones to classify)
+SCALE_UNLABELLED = "semi.geometric={hflip: 0.5, vflip: 0.5, rot90: 0.5, scale_jitter: 0.5}"
+SCALE_LABELLED = "data.scale_jitter=0.5"
 CLS = "semi.unsup_terms=[box, cls, dfl]"
 TTA = "semi.teacher_tta=true"
 E120 = ["epochs=120", "eval.every_epochs=10"]
+#: teacher-student with scale-crops on both streams (120 epochs, burn-in 60, teacher TTA, hard u_cls)
+SCALE_E120 = [*D4_LABELLED, SCALE_LABELLED, *E120, "semi.burn_in=60", SCALE_UNLABELLED, CLS, TTA]
 #: D4 and HSV jitter (hue +-0.04 turn keeps warm and cool apart) on the labelled images
 AUG_LABELLED = [*D4_LABELLED, "data.hsv=[0.04, 0.3, 0.3]"]
 #: name -> (config, overrides)
 RUNS: dict[str, tuple[str, list[str]]] = {
     "sup": ("configs/supervised_10pct.yaml", []),
-    "sup100": ("configs/supervised_10pct.yaml", []),  # labelled_fraction forced to 1 below
+    "sup100": ("configs/supervised_10pct.yaml", []),  # labelled_fraction forced to 1 (ALL_LABELLED)
     "sup_obj": ("configs/supervised_10pct.yaml", ["loss.objectness=true"]),
     "semi": ("configs/semi.yaml", []),
     "soft_geo": (SOFT_GEO, []),
@@ -81,13 +91,21 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "semi_d4_e120": ("configs/semi.yaml", [*D4_LABELLED, *E120, "semi.burn_in=60"]),
     "tta_d4_e120": ("configs/semi.yaml", [*D4_LABELLED, *E120, "semi.burn_in=60", *D4_UNLABELLED, CLS, TTA]),
     "soft_geo_aug": (SOFT_GEO, AUG_LABELLED),
+    "scale_d4_e120": ("configs/semi.yaml", [*D4_LABELLED, *E120, "semi.burn_in=60", SCALE_UNLABELLED, CLS, TTA]),
+    "sup_scale_e120": ("configs/supervised_10pct.yaml", [*D4_LABELLED, SCALE_LABELLED, *E120]),
+    "sup100_scale_e120": ("configs/supervised_10pct.yaml", [*D4_LABELLED, SCALE_LABELLED, *E120]),
+    "scale_e120": ("configs/semi.yaml", SCALE_E120),
+    "scale_w05_e120": ("configs/semi.yaml", [*SCALE_E120, "semi.unsup_weight=0.5"]),
+    "scale_w025_e120": ("configs/semi.yaml", [*SCALE_E120, "semi.unsup_weight=0.25"]),
 }
+#: runs on all the training images whatever --fractions says (one row per seed)
+ALL_LABELLED = {"sup100", "sup100_scale_e120"}
 #: The background ablation: the unlabelled penalty off / default / strong, and the objectness branch instead.
 BACKGROUND_RUNS = ["bg_none", "soft_geo", "bg_strong", "objectness"]
 
 
 def run_dir(out: Path, name: str, fraction: float, seed: int) -> Path:
-    return out / f"{name}_{1.0 if name == 'sup100' else fraction:g}_s{seed}"
+    return out / f"{name}_{1.0 if name in ALL_LABELLED else fraction:g}_s{seed}"
 
 
 def train(name: str, fraction: float, seed: int, out: Path, threads: int) -> float | None:
@@ -96,7 +114,7 @@ def train(name: str, fraction: float, seed: int, out: Path, threads: int) -> flo
     path = run_dir(out, name, fraction, seed)
     if finished(path):
         return None
-    frac = 1.0 if name == "sup100" else fraction
+    frac = 1.0 if name in ALL_LABELLED else fraction
     cmd = [sys.executable, "-m", "detloss.cli", "train", "--config", str(ROOT / config), *overrides,
            f"seed={seed}", f"data.labelled_fraction={frac}", f"threads={threads}", f"out_dir={path}"]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src")}
@@ -166,19 +184,19 @@ def main() -> None:
             for name in args.runs:
                 for seed in args.seeds:
                     train(name, fraction, seed, args.out, args.threads)
-    header = (f"{'run':<13} {'labelled':>8} {'seed':>4} {'AP50':>6} {'best':>6} {'P':>6} {'R':>6} {'student':>7} "
+    header = (f"{'run':<17} {'labelled':>8} {'seed':>4} {'AP50':>6} {'best':>6} {'P':>6} {'R':>6} {'student':>7} "
               f"{'pseudo P':>8} {'pseudo R':>8} {'box P':>6} {'min kept':>8} {'wall s':>7}")  # fmt: skip
     print(header)
     for i, fraction in enumerate(args.fractions):
         for name in args.runs:
-            if name == "sup100" and i > 0:  # one row whatever the fraction
+            if name in ALL_LABELLED and i > 0:  # one row whatever the fraction
                 continue
             for seed in args.seeds:
                 s = summary(run_dir(args.out, name, fraction, seed))
                 if not s:
                     continue
-                frac = 1.0 if name == "sup100" else fraction
-                print(f"{name:<13} {frac:>8g} {seed:>4} {s['ap50']:>6.3f} {s['best']:>6.3f} {s['precision']:>6.3f} "
+                frac = 1.0 if name in ALL_LABELLED else fraction
+                print(f"{name:<17} {frac:>8g} {seed:>4} {s['ap50']:>6.3f} {s['best']:>6.3f} {s['precision']:>6.3f} "
                       f"{s['recall']:>6.3f} {s['student']:>7.3f} {s['pseudo_p']:>8.2f} {s['pseudo_r']:>8.2f} "
                       f"{s['pseudo_box_p']:>6.2f} {s['min_kept']:>8.0f} {s['wall']:>7.0f}")  # fmt: skip
 
