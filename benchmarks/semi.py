@@ -25,8 +25,8 @@ reads them. Runs (:data:`RUNS`):
 * 120 epochs, burn-in 60, teacher TTA, hard ``u_cls``: ``tta_d4_e120`` (D4 views); ``scale_d4_e120``: the
   student's unlabelled view also scale-cropped (``semi.geometric.scale_jitter``); ``scale_e120``: the labelled
   images scale-cropped as well (``data.scale_jitter``), ``scale_w05_e120`` / ``scale_w025_e120`` with
-  ``semi.unsup_weight`` 0.5 / 0.25 (``scale_w0_e120``: 0, the control), against ``sup_scale_e120`` (their supervised-only baseline) and
-  ``sup100_scale_e120`` (all images labelled).
+  ``semi.unsup_weight`` 0.5 / 0.25 (``scale_w0_e120``: 0, the control), against ``sup_scale_e120`` (their
+  supervised-only baseline) and ``sup100_scale_e120`` (all images labelled).
 
 ``--background-ablation`` runs :data:`BACKGROUND_RUNS`: no penalty / default (``soft_geo``) / strong /
 objectness branch, on the same seeds and fractions.
