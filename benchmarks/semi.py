@@ -26,15 +26,19 @@ reads them. Runs (:data:`RUNS`):
   student's unlabelled view also scale-cropped (``semi.geometric.scale_jitter``); ``scale_e120``: the labelled
   images scale-cropped as well (``data.scale_jitter``), ``scale_w05_e120`` / ``scale_w025_e120`` with
   ``semi.unsup_weight`` 0.5 / 0.25 (``scale_w0_e120``: 0, the control), against ``sup_scale_e120`` (their
-  supervised-only baseline) and ``sup100_scale_e120`` (all images labelled).
+  supervised-only baseline) and ``sup100_scale_e120`` (all images labelled); ``zoom_e120`` / ``zoom_w05_e120``:
+  ``scale_e120`` / ``scale_w05_e120`` with the teacher also looking at the weak view upscaled 1.5x
+  (``semi.teacher_zoom``); ``zoom64_e120``: ``zoom_e120`` with 64 unlabelled images a step and no teacher D4.
+* Diagnostics: ``oracle_e120`` / ``oracle64_e120``: ``scale_e120`` with the unlabelled images' hidden labels as
+  the pseudo-labels (``semi.oracle``), 16 / 64 unlabelled images a step: the most any teacher could give.
 
 ``--background-ablation`` runs :data:`BACKGROUND_RUNS`: no penalty / default (``soft_geo``) / strong /
 objectness branch, on the same seeds and fractions.
 
 Columns: validation AP50 at the last epoch and the best evaluated epoch, validation precision / recall
-(at ``eval.conf``) at the last epoch, the pseudo-labels' class-aware precision / recall and class-agnostic precision over the last epoch
-and the fewest pseudo-boxes kept in an epoch after burn-in, and the run's wall time. On a shared machine the
-wall times vary by tens of percent.
+(at ``eval.conf``) at the last epoch, the pseudo-labels' class-aware precision / recall and class-agnostic
+precision over the last epoch and the fewest pseudo-boxes kept in an epoch after burn-in, and the run's wall
+time. On a shared machine the wall times vary by tens of percent.
 """
 
 from __future__ import annotations
@@ -59,9 +63,17 @@ SCALE_UNLABELLED = "semi.geometric={hflip: 0.5, vflip: 0.5, rot90: 0.5, scale_ji
 SCALE_LABELLED = "data.scale_jitter=0.5"
 CLS = "semi.unsup_terms=[box, cls, dfl]"
 TTA = "semi.teacher_tta=true"
+ZOOM = "semi.teacher_zoom=[1.5]"
+ORACLE = "semi.oracle=true"
+UNLABELLED_64 = "semi.unlabelled_batch_size=64"
 E120 = ["epochs=120", "eval.every_epochs=10"]
+#: all 2,000 images labelled: 12 epochs of 125 steps, about the 1,440 steps of E120 at 10% labelled
+E12 = ["epochs=12", "eval.every_epochs=4"]
+#: four times the steps: 480 epochs at 10% labelled (5,760 steps), 48 with all labelled (6,000)
+E480, E48 = ["epochs=480", "eval.every_epochs=40"], ["epochs=48", "eval.every_epochs=8"]
 #: teacher-student with scale-crops on both streams (120 epochs, burn-in 60, teacher TTA, hard u_cls)
 SCALE_E120 = [*D4_LABELLED, SCALE_LABELLED, *E120, "semi.burn_in=60", SCALE_UNLABELLED, CLS, TTA]
+SCALE_E480 = [*D4_LABELLED, SCALE_LABELLED, *E480, "semi.burn_in=120", SCALE_UNLABELLED, CLS, TTA]
 #: D4 and HSV jitter (hue +-0.04 turn keeps warm and cool apart) on the labelled images
 AUG_LABELLED = [*D4_LABELLED, "data.hsv=[0.04, 0.3, 0.3]"]
 #: name -> (config, overrides)
@@ -94,14 +106,31 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "scale_d4_e120": ("configs/semi.yaml", [*D4_LABELLED, *E120, "semi.burn_in=60", SCALE_UNLABELLED, CLS, TTA]),
     "sup_scale_e120": ("configs/supervised_10pct.yaml", [*D4_LABELLED, SCALE_LABELLED, *E120]),
     "sup100_scale_e120": ("configs/supervised_10pct.yaml", [*D4_LABELLED, SCALE_LABELLED, *E120]),
+    # all images labelled, as many steps as the 10% runs
+    "sup100_scale_steps": ("configs/supervised_10pct.yaml", [*D4_LABELLED, SCALE_LABELLED, *E12]),
+    # four times the steps, where the labelled images and not the steps are the limit; burn-in 120 of 480
+    "sup_scale_e480": ("configs/supervised_10pct.yaml", [*D4_LABELLED, SCALE_LABELLED, *E480]),
+    "sup100_scale_e48": ("configs/supervised_10pct.yaml", [*D4_LABELLED, SCALE_LABELLED, *E48]),
+    "scale_w05_e480": ("configs/semi.yaml", [*SCALE_E480, "semi.unsup_weight=0.5"]),
     "scale_e120": ("configs/semi.yaml", SCALE_E120),
     "scale_w05_e120": ("configs/semi.yaml", [*SCALE_E120, "semi.unsup_weight=0.5"]),
     "scale_w025_e120": ("configs/semi.yaml", [*SCALE_E120, "semi.unsup_weight=0.25"]),
     # the control: the same loop with no unlabelled gradient (its teacher is an EMA of supervised training)
     "scale_w0_e120": ("configs/semi.yaml", [*SCALE_E120, "semi.unsup_weight=0", "semi.background=null"]),
+    # the teacher also looks at the weak view upscaled 1.5x (small shapes it misclassifies at 1x)
+    "zoom_e120": ("configs/semi.yaml", [*SCALE_E120, ZOOM]),
+    "zoom_w05_e120": ("configs/semi.yaml", [*SCALE_E120, ZOOM, "semi.unsup_weight=0.5"]),
+    "zoom_cls_e120": ("configs/semi.yaml", [*SCALE_E120, ZOOM, "semi.unsup_terms=[cls]"]),
+    # the unlabelled gain and the penalty ramped over 30 epochs instead of 5
+    "zoom_wu30_e120": ("configs/semi.yaml", [*SCALE_E120, ZOOM, "semi.unsup_warmup=30", "semi.background.warmup=30"]),
+    # diagnostics: the hidden labels as pseudo-labels (precision and recall 1), 16 / 64 unlabelled images a step
+    "oracle_e120": ("configs/semi.yaml", [*SCALE_E120, ORACLE]),
+    "oracle64_e120": ("configs/semi.yaml", [*SCALE_E120, ORACLE, UNLABELLED_64]),
+    # 64 unlabelled images a step, the teacher at 1x and 1.5x without D4 (26 teacher forwards per image are slow)
+    "zoom64_e120": ("configs/semi.yaml", [*SCALE_E120, ZOOM, "semi.teacher_tta=false", UNLABELLED_64]),
 }
 #: runs on all the training images whatever --fractions says (one row per seed)
-ALL_LABELLED = {"sup100", "sup100_scale_e120"}
+ALL_LABELLED = {"sup100", "sup100_scale_e120", "sup100_scale_steps", "sup100_scale_e48"}
 #: The background ablation: the unlabelled penalty off / default / strong, and the objectness branch instead.
 BACKGROUND_RUNS = ["bg_none", "soft_geo", "bg_strong", "objectness"]
 

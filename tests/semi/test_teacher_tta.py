@@ -1,4 +1,5 @@
-"""Class scores averaged over the D4 views: the inverse grid map and a 2 x 2 case by hand."""
+"""Class scores averaged over the D4 views: the inverse grid map and a 2 x 2 case by hand; the zoomed view's resize
+and its detections scaled back, by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from detloss.ops.head_layout import HeadLayout
-from detloss.semi.tta import D4_VIEWS, ensemble_class_scores, undo_grid
+from detloss.semi.tta import D4_VIEWS, downscale_detections, ensemble_class_scores, undo_grid, upscale
 from detloss.semi.views import GeometricView
 
 
@@ -63,3 +64,29 @@ def test_bad_views_and_images_are_refused():
         ensemble_class_scores(_pixels_as_class_logits, torch.zeros(1, 3, 2, 2), layout, views=[GeometricView(scale=2)])
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         ensemble_class_scores(_pixels_as_class_logits, torch.zeros(3, 2, 2), layout)
+
+
+def test_upscale_sizes_factors_and_bilinear_pixels_by_hand():
+    ramp = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2)
+    big, sx, sy = upscale(ramp, 2.0, 1)
+    # half-pixel centres (align_corners=False): output x = 0.25, 0.75, 1.25, 1.75 -> input 0, 0.25, 0.75, 1 (clamped)
+    torch.testing.assert_close(big[0, 0, 0], torch.tensor([0.0, 0.25, 0.75, 1.0]))
+    assert big.shape == (1, 3, 2, 4) and (sx, sy) == (2.0, 2.0)
+    # sides go to the nearest multiple: 64 * 1.5 = 96 = 3 * 32; 96 * 1.5 = 144 -> 160 (5 * 32)
+    big, sx, sy = upscale(torch.zeros(2, 3, 64, 96), 1.5, 32)
+    assert big.shape == (2, 3, 96, 160) and sx == pytest.approx(160 / 96) and sy == 1.5
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        upscale(torch.zeros(3, 4, 4), 1.5, 1)
+
+
+def test_downscale_detections_divides_boxes_and_polygons_only():
+    det = {
+        "boxes": torch.tensor([[30.0, 60.0, 90.0, 120.0]]),
+        "polygons": torch.tensor([[[30.0, 60.0], [90.0, 120.0]]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([2]),
+    }
+    out = downscale_detections(det, 1.5, 2.0)
+    torch.testing.assert_close(out["boxes"], torch.tensor([[20.0, 30.0, 60.0, 60.0]]))
+    torch.testing.assert_close(out["polygons"], torch.tensor([[[20.0, 30.0], [60.0, 60.0]]]))
+    assert out["scores"] is det["scores"] and out["labels"] is det["labels"]

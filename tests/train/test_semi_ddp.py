@@ -42,6 +42,9 @@ OBJECTNESS = [
 #: The teacher's polygons (convex hulls) as targets of the student's polygon head, in geometric views.
 POLYGONS = ["semi.unsup_terms=[box, dfl, poly, corner]", "semi.geometric={hflip: 0.5, vflip: 0.5, rot90: 0.5}"]
 
+#: The teacher also on the weak view upscaled 1.5x, the student on scale-cropped views.
+ZOOM = ("semi.teacher_zoom=[1.5]", "semi.geometric={hflip: 0.5, scale_jitter: 0.5}")
+
 
 def _semi_steps(rank: int, world: int, out: str, extra: tuple[str, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
     trainer = build_trainer(load_config(None, [*DDP_SEMI, *extra, f"out_dir={out}"]))
@@ -60,8 +63,8 @@ def _semi_steps(rank: int, world: int, out: str, extra: tuple[str, ...] = ()) ->
 
 @pytest.mark.parametrize(
     "extra",
-    [(), tuple(STRONGER), tuple(OBJECTNESS), tuple(POLYGONS), (*STRONGER, "semi.teacher_tta=true")],
-    ids=["photometric", "soft+geometric", "objectness", "polygons", "teacher_tta"],
+    [(), tuple(STRONGER), tuple(OBJECTNESS), tuple(POLYGONS), (*STRONGER, "semi.teacher_tta=true"), ZOOM],
+    ids=["photometric", "soft+geometric", "objectness", "polygons", "teacher_tta", "teacher_zoom"],
 )
 def test_two_processes_take_the_same_semi_supervised_steps_as_one(tmp_path, extra):
     torch.set_num_threads(1)

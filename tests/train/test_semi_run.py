@@ -8,11 +8,12 @@ import math
 import pytest
 import torch
 
+from detloss.ops.head_layout import HeadLayout
+from detloss.semi.views import GeometricView
 from detloss.testing.tiny import TINY_RUN
 from detloss.train.build import build_trainer
 from detloss.train.config import load_config
 from detloss.train.logs import read_csv
-from detloss.semi.views import GeometricView
 from detloss.train.semi import SemiTrainer
 
 SEMI = [
@@ -252,3 +253,74 @@ def test_teacher_tta_scores_follow_a_quarter_turn_of_the_image_and_stay_finite_w
     semi = read_csv(tmp_path / "b" / "steps.csv")[3:]
     assert all(r["pseudo/kept_per_image"] == 0 for r in semi)
     assert all(math.isfinite(r[t]) for r in semi for t in ("u_box", "u_cls", "u_dfl", "u_bg"))
+
+
+class _StubTeacher(torch.nn.Module):
+    """A dense 'teacher' whose outputs are written by hand (reg_max 4, the 6 shape classes, 6 vertices, strides 8-32):
+    on a 64 px image one class-1 box, ``[8, 16, 32, 40]`` at logit 3; on the image zoomed to 96 px the
+    same object a little tighter at logit 5 and a class-0 object it misses at 64 px."""
+
+    strides = (8, 16, 32)
+    layout = HeadLayout(reg_max=4, num_classes=6, num_vertices=6)
+
+    def forward(self, images):
+        b, _, h, _ = images.shape
+        levels = [torch.zeros(b, self.layout.num_channels, h // s, h // s) for s in self.strides]
+        for f in levels:
+            f[:, self.layout.cls] = -20.0
+        if h == 64:  # anchor (20, 28) on the stride-8 grid, 1.5 bins = 12 px to each side
+            self._put(levels[0], row=3, col=2, bins=(1, 2), label=1, logit=3.0)
+        else:  # 96 px: anchors (28, 44) and (76, 76), 2 bins = 16 px to each side
+            self._put(levels[0], row=5, col=3, bins=(2,), label=1, logit=5.0)
+            self._put(levels[0], row=9, col=9, bins=(2,), label=0, logit=5.0)
+        return levels
+
+    def _put(self, level, row, col, bins, label, logit):
+        reg_max = self.layout.reg_max
+        for side in range(4):
+            for k in bins:  # equal logits on these bins: the distance is their mean
+                level[:, side * reg_max + k, row, col] = 50.0
+        level[:, self.layout.cls.start + label, row, col] = logit
+
+
+def test_teacher_zoom_adds_what_only_the_zoomed_view_finds_and_votes_the_boxes_both_find(tmp_path):
+    trainer = build_trainer(load_config(None, [*SEMI, KEEP_ALL, f"out_dir={tmp_path}", "max_steps=4"]))
+    trainer.fit()  # the teacher is copied at step 3
+    trainer.teacher.module = _StubTeacher()
+    weak = trainer.unlabelled_batch_at(3)[0]
+    (alone, *_), _, _ = trainer.pseudo_labels(weak)
+    torch.testing.assert_close(alone["boxes"], torch.tensor([[8.0, 16.0, 32.0, 40.0]]))
+    assert alone["labels"].tolist() == [1]
+    trainer.semi = trainer.semi.model_copy(update={"teacher_zoom": [1.5]})
+    (zoomed, *_), _, _ = trainer.pseudo_labels(weak)
+    # the zoomed boxes back at 64 px: [12, 28, 44, 60] / 1.5 and [60, 60, 92, 92] / 1.5
+    tight, missed = torch.tensor([8.0, 56 / 3, 88 / 3, 40.0]), torch.tensor([40.0, 40.0, 184 / 3, 184 / 3])
+    s5, s3 = torch.sigmoid(torch.tensor(5.0)), torch.sigmoid(torch.tensor(3.0))
+    # the class-1 pair overlaps at IoU (64/3)^2 / 24^2 = 0.79 > nms_iou: one box, score-weighted
+    voted = (s5 * tight + s3 * torch.tensor([8.0, 16.0, 32.0, 40.0])) / (s5 + s3)
+    order = zoomed["labels"].argsort(descending=True)
+    assert zoomed["labels"][order].tolist() == [1, 0]
+    torch.testing.assert_close(zoomed["boxes"][order], torch.stack([voted, missed]))
+    torch.testing.assert_close(zoomed["scores"][order], torch.stack([s5, s5]))
+
+
+def test_teacher_zoom_runs_finite_with_tta_and_scale_crops_and_without_pseudo_boxes(tmp_path):
+    zoom = ["semi.teacher_zoom=[1.5]", "semi.teacher_tta=true", "semi.geometric={hflip: 0.5, scale_jitter: 0.5}"]
+    for name, extra in (("kept", KEEP_ALL), ("empty", "semi.candidate_conf=0.99")):
+        build_trainer(load_config(None, [*SEMI, *zoom, extra, f"out_dir={tmp_path / name}", "max_steps=6"])).fit()
+        semi = read_csv(tmp_path / name / "steps.csv")[3:]
+        assert all(math.isfinite(r[t]) for r in semi for t in ("u_box", "u_cls", "u_dfl", "u_bg"))
+        assert all((r["pseudo/kept_per_image"] > 0) == (name == "kept") for r in semi)
+    with pytest.raises(ValueError, match="teacher_zoom"):
+        load_config(None, [*SEMI, "semi.teacher_zoom=[1.0]"])  # a zoom, not the 1x view again
+
+
+def test_oracle_trains_on_the_hidden_labels_where_the_teacher_keeps_nothing(tmp_path):
+    # the default filters keep nothing of this barely trained teacher (first test); the oracle keeps every object
+    trainer = build_trainer(load_config(None, [*SEMI, "semi.oracle=true", f"out_dir={tmp_path}", "max_steps=6"]))
+    trainer.fit()
+    semi = read_csv(tmp_path / "steps.csv")[3:]
+    assert all(r["pseudo/precision"] == 1 and r["pseudo/recall"] == 1 for r in semi)
+    assert all(r["u_box"] > 0 for r in semi[1:])  # weight 0 at the first semi step
+    with pytest.raises(ValueError, match="semi.oracle gives boxes only"):
+        load_config(None, [*SEMI, "semi.oracle=true", POLYGONS])

@@ -5,19 +5,25 @@ Each view's dense outputs are moved back onto the input's anchor grid (exact for
 of a square image whose side is a multiple of every stride, :meth:`GeometricView.apply_grid`), and the
 class sigmoids (and objectness sigmoids) are averaged per anchor. Box, DFL and polygon channels stay the
 input view's: moving a box's ``l, t, r, b`` or a polygon's vertices between views is a different map.
+
+:func:`upscale` and :func:`downscale_detections` give the teacher a zoomed view (``semi.teacher_zoom``): the
+weak view resized up, its detections scaled back onto the weak view's pixels. Its anchor grid is another
+one, so a zoomed view joins by its detections (:func:`~detloss.evaluate.tta.merge_views`), not per anchor.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from detloss.ops.head_layout import HeadLayout
 from detloss.semi.views import GeometricView
 
-__all__ = ["D4_VIEWS", "ensemble_class_scores", "undo_grid"]
+__all__ = ["D4_VIEWS", "downscale_detections", "ensemble_class_scores", "undo_grid", "upscale"]
 
 #: The eight elements of D4 as views: a horizontal flip or not, then 0-3 quarter turns.
 D4_VIEWS: tuple[GeometricView, ...] = tuple(GeometricView(hflip=f, turns=k) for f in (False, True) for k in range(4))
@@ -81,4 +87,27 @@ def ensemble_class_scores(
         for i, p in enumerate(parts):
             f[:, p] = torch.logit(sums[level][i] / len(views), eps=1e-6)
         out.append(f)
+    return out
+
+
+def upscale(images: Tensor, scale: float, multiple: int) -> tuple[Tensor, float, float]:
+    """``images (B, 3, H, W)`` resized (bilinear) to the multiples of ``multiple`` nearest ``scale`` times their
+    sides (a tie rounds up), and the factors ``(sx, sy)`` that size has against ``(W, H)``."""
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if scale <= 0 or multiple < 1:
+        raise ValueError(f"scale must be > 0 and multiple >= 1, got {scale} and {multiple}")
+    h, w = images.shape[-2:]
+    size = tuple(max(1, math.floor(side * scale / multiple + 0.5)) * multiple for side in (h, w))  # ties up
+    out = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False).to(images.dtype)
+    return out, size[1] / w, size[0] / h
+
+
+def downscale_detections(det: dict[str, Tensor], sx: float, sy: float) -> dict[str, Tensor]:
+    """One image's detections on a view upscaled by ``(sx, sy)`` (:func:`upscale`) in the input's pixels:
+    ``boxes (N, 4)`` ``xyxy`` and ``polygons (N, K, 2)`` divided by the factors, the other keys as they are."""
+    out = dict(det)
+    out["boxes"] = det["boxes"] / det["boxes"].new_tensor([sx, sy, sx, sy])
+    if "polygons" in det:
+        out["polygons"] = det["polygons"] / det["polygons"].new_tensor([sx, sy])
     return out

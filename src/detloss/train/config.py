@@ -364,11 +364,21 @@ class SemiConfig(_Strict):
     # the teacher's class (and objectness) scores averaged over the 8 flips / quarter turns of the weak view
     # (detloss.semi.tta): 8 teacher forwards per step; square images whose side is a multiple of the strides
     teacher_tta: bool = False
+    # scales > 1 at which the teacher also sees the weak view, upscaled (detloss.semi.tta.upscale):
+    # small objects it misclassifies at 1x it gets right larger; their detections, scaled back, join the
+    # 1x ones before the filters (class-aware NMS with box voting). E.g. [1.5]; [] (default): 1x only
+    teacher_zoom: list[Annotated[float, Field(gt=1)]] = Field(default_factory=list)
+    # diagnostic: the unlabelled images' hidden labels (every box, its class, score 1) replace the teacher's
+    # pseudo-labels (the ignore band and u_soft stay the teacher's): what the loop gains at precision and
+    # recall 1, the ceiling of any teacher (benchmarks/semi.py, oracle runs). Boxes only: no poly / corner
+    oracle: bool = False
 
     @model_validator(mode="after")
-    def _soft_needs_grid_views(self):
+    def _check_combinations(self):
         if self.soft is not None and self.geometric.scale_jitter > 0:
             raise ValueError("semi.soft needs semi.geometric.scale_jitter=0 (a crop does not map the anchor grid)")
+        if self.oracle and {"poly", "corner"} & set(self.unsup_terms):
+            raise ValueError("semi.oracle gives boxes only: take poly and corner out of semi.unsup_terms")
         return self
 
 

@@ -59,6 +59,7 @@ from torch import Tensor
 from detloss.data.collate import collate
 from detloss.core.distributed import check_divisible, global_sums
 from detloss.core.report import LossReport
+from detloss.evaluate.tta import merge_views
 from detloss.ops.head_layout import HeadLayout
 from detloss.semi.augment import strong_photometric
 from detloss.semi.filters import build_filters, teacher_pseudo_labels
@@ -66,7 +67,7 @@ from detloss.semi.polygons import hull_pseudo_polygons
 from detloss.semi.quality import pseudo_label_quality
 from detloss.semi.soft import DenseSoftClassTerm
 from detloss.semi.teacher import EMATeacher
-from detloss.semi.tta import ensemble_class_scores
+from detloss.semi.tta import downscale_detections, ensemble_class_scores, upscale
 from detloss.semi.views import GeometricView, draw_view
 from detloss.train.checkpoint import load_part, read_resume
 from detloss.train.config import TrainConfig
@@ -200,6 +201,9 @@ class SemiTrainer(Trainer):
         sup = super().step_loss(images, targets)
         weak, hidden, positions = self.unlabelled_batch_at(self.step)
         pseudo, ignore, scores = self.pseudo_labels(weak)
+        if self.semi.oracle:  # the diagnostic ceiling: the hidden labels themselves
+            pseudo = [{k: h[k].to(weak.device) for k in ("boxes", "labels")} for h in hidden]
+            pseudo = [p | {"scores": torch.ones(len(p["labels"]), device=weak.device)} for p in pseudo]
         quality = self.pseudo_quality(pseudo, hidden)
         views = self.geometric_views(positions, tuple(weak.shape[-2:]))
         pseudo = [view.apply({"image": image, **p}) for view, image, p in zip(views, weak, pseudo, strict=True)]
@@ -263,7 +267,8 @@ class SemiTrainer(Trainer):
     @torch.no_grad()
     def pseudo_labels(self, weak: Tensor) -> tuple[list[dict[str, Tensor]], Tensor | None, Tensor | None]:
         """The teacher's detections on ``weak`` after NMS and the filters (``boxes``, ``scores``, ``labels``;
-        with ``semi.teacher_tta`` the class and objectness scores averaged over the D4 views of ``weak``),
+        with ``semi.teacher_tta`` the class and objectness scores averaged over the D4 views of ``weak``; with
+        ``semi.teacher_zoom`` joined by the detections on ``weak`` upscaled, scaled back),
         the ``(B, A)`` anchors it is unsure of (score >= ``semi.ignore_score``, the best class's times the
         objectness with ``loss.objectness``; ``None`` when that is unset) and its ``(B, A, C)`` sigmoid class
         scores (``None`` without ``semi.soft``)."""
@@ -271,19 +276,42 @@ class SemiTrainer(Trainer):
         loss = self.cfg.loss
         ignore = None
         layout = HeadLayout(loss.reg_max, self.num_classes, loss.num_vertices, loss.objectness)
-        if self.semi.teacher_tta:
-            feats = ensemble_class_scores(teacher, weak, layout)
-        else:
-            feats = [f.float() for f in teacher(weak)]
+        feats = self.teacher_outputs(weak, layout)
         class_logits = layout.flatten(feats, "cls")  # (B, A, C)
         if self.semi.ignore_score is not None:
             score = class_logits.amax(-1).sigmoid()  # sigmoid is monotonic: of the best logit only
             if loss.objectness:
                 score = score * layout.flatten(feats, "obj")[..., 0].sigmoid()
             ignore = score >= self.semi.ignore_score
-        candidates = teacher_pseudo_labels(
+        per_view = [self.candidates(feats)]
+        for scale in self.semi.teacher_zoom:
+            big, sx, sy = upscale(weak, scale, int(max(teacher.strides)))
+            zoomed = self.candidates(self.teacher_outputs(big, layout))
+            per_view.append([downscale_detections(d, sx, sy) for d in zoomed])
+        candidates = per_view[0]
+        if len(per_view) > 1:  # the flat anchor index is one view's grid's: meaningless once merged
+            per_image = zip(*per_view, strict=True)
+            views = [[{k: v for k, v in d.items() if k != "index"} for d in dets] for dets in per_image]
+            candidates = [merge_views(dets, self.semi.nms_iou, self.semi.max_pseudo) for dets in views]
+        kept = self.filters(candidates)
+        if self.polygons:
+            kept = hull_pseudo_polygons(kept)
+        return kept, ignore, class_logits.sigmoid() if self.soft is not None else None
+
+    def teacher_outputs(self, images: Tensor, layout: HeadLayout) -> list[Tensor]:
+        """The teacher's float per-level outputs on ``images`` (with ``semi.teacher_tta``: class and objectness
+        scores averaged over D4)."""
+        teacher = self.teacher.module
+        if self.semi.teacher_tta:
+            return ensemble_class_scores(teacher, images, layout)
+        return [f.float() for f in teacher(images)]
+
+    def candidates(self, feats: list[Tensor]) -> list[dict[str, Tensor]]:
+        """The teacher's detections from its outputs ``feats``, after NMS, before the filters."""
+        loss = self.cfg.loss
+        return teacher_pseudo_labels(
             feats,
-            teacher.strides,
+            self.teacher.module.strides,
             self.num_classes,
             loss.reg_max,
             num_vertices=loss.num_vertices,
@@ -292,10 +320,6 @@ class SemiTrainer(Trainer):
             max_det=self.semi.max_pseudo,
             objectness=loss.objectness,
         )
-        kept = self.filters(candidates)
-        if self.polygons:
-            kept = hull_pseudo_polygons(kept)
-        return kept, ignore, class_logits.sigmoid() if self.soft is not None else None
 
     def pseudo_quality(self, pseudo: list[dict[str, Tensor]], hidden: list[dict[str, Tensor]]) -> dict[str, float]:
         """The pseudo-labels' precision/recall against the hidden labels, class-aware and class-agnostic
