@@ -28,9 +28,12 @@ reads them. Runs (:data:`RUNS`):
   ``semi.unsup_weight`` 0.5 / 0.25 (``scale_w0_e120``: 0, the control), against ``sup_scale_e120`` (their
   supervised-only baseline) and ``sup100_scale_e120`` (all images labelled); ``zoom_e120`` / ``zoom_w05_e120``:
   ``scale_e120`` / ``scale_w05_e120`` with the teacher also looking at the weak view upscaled 1.5x
-  (``semi.teacher_zoom``); ``zoom64_e120``: ``zoom_e120`` with 64 unlabelled images a step and no teacher D4.
+  (``semi.teacher_zoom``); ``zoom64_e120``: ``zoom_e120`` with 64 unlabelled images a step and no teacher D4;
+  ``zoom_cls_e120``: ``u_cls`` alone; ``zoom_wu30_e120``: the gain and penalty ramped over 30 epochs.
 * Diagnostics: ``oracle_e120`` / ``oracle64_e120``: ``scale_e120`` with the unlabelled images' hidden labels as
-  the pseudo-labels (``semi.oracle``), 16 / 64 unlabelled images a step: the most any teacher could give.
+  the pseudo-labels (``semi.oracle``), 16 / 64 unlabelled images a step: the most any teacher could give;
+  ``sup100_scale_steps``: all images labelled for the 10% runs' step count (12 epochs of 125 steps); at four
+  times the steps, ``sup_scale_e480``, ``scale_w05_e480`` (burn-in 120) and ``sup100_scale_e48``.
 
 ``--background-ablation`` runs :data:`BACKGROUND_RUNS`: no penalty / default (``soft_geo``) / strong /
 objectness branch, on the same seeds and fractions.

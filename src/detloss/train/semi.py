@@ -7,7 +7,10 @@ step adds an unlabelled batch:
 1. the teacher sees the weak view (the flip the labelled images get) and its detections go through NMS and
    then ``semi.filters`` in order (:mod:`detloss.semi.filters`): the pseudo-labels. With
    ``semi.teacher_tta`` its class (and objectness) scores are averaged over the eight flips and quarter
-   turns of the weak view (:mod:`detloss.semi.tta`), for the filters, the ignore band and ``u_soft`` alike;
+   turns of the weak view (:mod:`detloss.semi.tta`), for the filters, the ignore band and ``u_soft`` alike.
+   With ``semi.teacher_zoom`` its detections on the weak view upscaled join the 1x ones before the filters
+   (small objects it misclassifies at 1x). ``semi.oracle`` (a diagnostic) replaces the pseudo-labels by the
+   images' hidden labels: the loop's ceiling;
 2. the student sees the strong view: the geometric one of ``semi.geometric``
    (:mod:`detloss.semi.views`: flips, quarter turns, a scale-crop; off by default), which moves the
    pseudo-boxes, their polygons, the ignore band and the teacher's dense scores with the image, then
@@ -40,8 +43,8 @@ anchors ignored (``pseudo/ignored_anchors``),
 the pseudo-labels' precision/recall against the hidden labels of the unlabelled images
 (``pseudo/precision``, ``pseudo/recall``; class-agnostic: ``pseudo/box_precision``, ``pseudo/box_recall``)
 ``semi/unsup_weight`` and ``semi/teacher_decay`` (the EMA decay of the next teacher update, its ramp
-included); per epoch the pseudo-labels' precision/recall over the epoch, the teacher's decay and, at evaluation, the student's metrics as ``val/student/*`` beside the
-teacher's ``val/*``.
+included); per epoch the pseudo-labels' precision/recall over the epoch, the teacher's decay and, at
+evaluation, the student's metrics as ``val/student/*`` beside the teacher's ``val/*``.
 
 Under ``torchrun`` each rank takes its slice of every global unlabelled batch, as for the labelled one;
 the strong view of an image depends only on its position in the global batch, the adaptive thresholds
