@@ -59,9 +59,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from detloss.data.collate import collate
 from detloss.core.distributed import check_divisible, global_sums
 from detloss.core.report import LossReport
+from detloss.criteria.dense import DenseCriterion
+from detloss.data.collate import collate
 from detloss.evaluate.tta import merge_views
 from detloss.ops.head_layout import HeadLayout
 from detloss.semi.augment import strong_photometric
@@ -77,7 +78,6 @@ from detloss.train.config import TrainConfig
 from detloss.train.data import load_sample
 from detloss.train.evaluation import evaluate
 from detloss.train.tasks.base import StepOutputs
-from detloss.criteria.dense import DenseCriterion
 from detloss.train.tasks.dense import background_schedule
 from detloss.train.trainer import Trainer
 from detloss.weighting.policy import WeightPolicy
