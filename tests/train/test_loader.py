@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from yolo_folder import write_yolo_split
 
 from detloss.testing.tiny import TINY_RUN
 from detloss.train.config import load_config
 from detloss.train.trainer import Trainer
-from yolo_folder import write_yolo_split
 
 AUG = ["data.vflip=0.5", "data.rot90=0.5", "data.scale_jitter=0.3", "data.hsv=[0.02,0.5,0.3]"]
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from yolo_folder import write_yolo_split
+
 from detloss.train.config import load_config
 from detloss.train.trainer import Trainer
-from yolo_folder import write_yolo_split
 
 
 def test_training_on_a_yolo_folder_runs_and_evaluates(tmp_path):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from yolo_folder import write_yolo_split
 
 import detloss.evaluate.tiled as tiled
 from detloss.data.tiling import TiledDataset
 from detloss.train.config import load_config
 from detloss.train.trainer import Trainer
-from yolo_folder import write_yolo_split
 
 H, W = 200, 160  # larger than the 64 px tiles: 4 rows (0, 48, 96, 136) x 3 columns (0, 48, 96)
 
